@@ -1,0 +1,250 @@
+//! The decision core shared by every adapter: a [`CheckInput`] in, a [`Decision`] out.
+//!
+//! Order (SPEC §3/§4): canonical path (400) → first matching rule (403 if none) → public rules
+//! allow without looking at the token → bearer extraction (401/400) → issuer by exact `iss` →
+//! key set (503 if unavailable) → signature and claims (401) → rule requirements (403).
+//! The only I/O is an unknown-`kid` refetch, delegated to [`crate::jwks`]. The configuration in
+//! force is an immutable snapshot: a check finishes on the version it started with.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, IssuerConfig};
+use crate::decision::{Decision, Denial};
+use crate::jwks::{IssuerKeys, Refetch};
+use crate::policy::{self, canonicalize};
+use crate::token::{Identity, TokenError, Unverified};
+
+/// The `Authorization` header(s) of the original request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthHeader<'a> {
+    Absent,
+    One(&'a str),
+    /// Repeated, or one value containing `,` (Envoy joins repeated headers with `,`).
+    Several,
+}
+
+impl<'a> AuthHeader<'a> {
+    /// Classify the values of the header as one adapter sees them.
+    pub fn from_values(mut values: impl Iterator<Item = &'a str>) -> Self {
+        match (values.next(), values.next()) {
+            (None, _) => AuthHeader::Absent,
+            (Some(v), None) if v.contains(',') => AuthHeader::Several,
+            (Some(v), None) => AuthHeader::One(v),
+            (Some(_), Some(_)) => AuthHeader::Several,
+        }
+    }
+}
+
+/// What every adapter extracts from its protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub method: &'a str,
+    /// Request target as received: path, possibly with `?query`.
+    pub path: &'a str,
+    pub authorization: AuthHeader<'a>,
+}
+
+/// One issuer: its rules and its keys.
+pub struct Issuer {
+    pub config: IssuerConfig,
+    pub name: Arc<str>,
+    pub keys: Arc<IssuerKeys>,
+}
+
+/// A configuration in force: compiled policy plus issuers with their key stores.
+pub struct Runtime {
+    pub config: Config,
+    pub issuers: Vec<Issuer>,
+}
+
+impl Runtime {
+    /// Pair each configured issuer with its key store (`keys_for` finds or creates one).
+    pub fn new(config: Config, mut keys_for: impl FnMut(&IssuerConfig) -> Arc<IssuerKeys>) -> Self {
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|c| Issuer {
+                config: c.clone(),
+                name: Arc::from(c.name.as_str()),
+                keys: keys_for(c),
+            })
+            .collect();
+        Runtime { config, issuers }
+    }
+
+    fn issuer_by_iss(&self, iss: &str) -> Option<&Issuer> {
+        self.issuers.iter().find(|i| i.config.issuer == iss)
+    }
+
+    /// Ready when every issuer has a usable key set; otherwise the first reason it is not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.issuers.iter().find(|i| !i.keys.is_ready()) {
+            None => Ok(()),
+            Some(i) => Err(format!("issuer {} has no usable key set yet", i.name)),
+        }
+    }
+}
+
+/// The authorizer: the configuration in force, swappable at run time.
+pub struct Authorizer {
+    runtime: ArcSwap<Runtime>,
+}
+
+impl Authorizer {
+    pub fn new(runtime: Runtime) -> Self {
+        Authorizer {
+            runtime: ArcSwap::from_pointee(runtime),
+        }
+    }
+
+    /// The configuration in force (a snapshot; later swaps do not affect it).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swap in a new validated configuration.
+    pub fn replace(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Decide one request.
+    pub async fn check(&self, input: &CheckInput<'_>) -> Decision {
+        let rt = self.runtime.load_full();
+        check(&rt, input, unix_now()).await
+    }
+}
+
+/// Wall-clock seconds since the epoch (the only clock read on the check path).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Decide one request against one runtime at wall-clock time `now` (seconds since the epoch).
+pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
+    let path = match canonicalize(input.path) {
+        Ok(p) => p,
+        Err(e) => return Decision::deny(Denial::BadPath(e)),
+    };
+    let Some(matched) = rt.config.policy.find(input.method, &path) else {
+        return Decision::deny(Denial::NoRule);
+    };
+    let rule = Some(Arc::clone(&matched.rule.name));
+    if matched.rule.public {
+        return Decision::Allow {
+            rule: Arc::clone(&matched.rule.name),
+            identity: None,
+        };
+    }
+    let deny = |denial| Decision::Deny {
+        rule: rule.clone(),
+        denial,
+    };
+    let token = match bearer(input.authorization) {
+        Ok(t) => t,
+        Err(d) => return deny(d),
+    };
+    let identity = match verify(rt, token, now).await {
+        Ok(id) => id,
+        Err(d) => return deny(d),
+    };
+    match policy::authorize(&matched, &identity) {
+        Ok(()) => Decision::Allow {
+            rule: Arc::clone(&matched.rule.name),
+            identity: Some(identity),
+        },
+        Err(p) => deny(Denial::Policy(p)),
+    }
+}
+
+/// The bearer token from the Authorization header (RFC 6750 §2.1; scheme case-insensitive).
+fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
+    let value = match header {
+        AuthHeader::Absent => return Err(Denial::NoCredentials),
+        AuthHeader::Several => return Err(Denial::SeveralAuthorizations),
+        AuthHeader::One(v) => v.trim(),
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Denial::NoCredentials);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.contains(' ') {
+        return Err(Denial::InvalidToken(TokenError::Malformed(
+            "Bearer value is not one token",
+        )));
+    }
+    Ok(token)
+}
+
+async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Identity, Denial> {
+    let invalid = Denial::InvalidToken;
+    let unverified = Unverified::parse(token, rt.config.max_token_bytes).map_err(invalid)?;
+    let issuer = unverified
+        .issuer()
+        .and_then(|iss| rt.issuer_by_iss(iss))
+        .ok_or(Denial::InvalidToken(TokenError::Issuer))?;
+    unverified.precheck(&issuer.config).map_err(invalid)?;
+    let unavailable = || Denial::KeysUnavailable {
+        issuer: Arc::clone(&issuer.name),
+        retry_after_secs: issuer.keys.retry_after_secs(),
+    };
+    let loaded = issuer.keys.current().ok_or_else(unavailable)?;
+    match unverified.verify(&loaded.keys, &issuer.config, &issuer.name, now) {
+        Err(TokenError::UnknownKid) => {}
+        other => return other.map_err(invalid),
+    }
+    match issuer.keys.refetch_for_unknown_kid().await {
+        Refetch::Fetched(fresh) => unverified
+            .verify(&fresh.keys, &issuer.config, &issuer.name, now)
+            .map_err(invalid),
+        Refetch::Cooldown { last_ok: true } => Err(invalid(TokenError::UnknownKid)),
+        Refetch::Failed | Refetch::Cooldown { last_ok: false } => Err(unavailable()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_header_forms() {
+        assert_eq!(AuthHeader::from_values([].into_iter()), AuthHeader::Absent);
+        assert_eq!(
+            AuthHeader::from_values(["Bearer a"].into_iter()),
+            AuthHeader::One("Bearer a")
+        );
+        assert_eq!(
+            AuthHeader::from_values(["Bearer a", "Bearer b"].into_iter()),
+            AuthHeader::Several
+        );
+        assert_eq!(
+            AuthHeader::from_values(["Bearer a,Bearer b"].into_iter()),
+            AuthHeader::Several
+        );
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        fn t(v: &str) -> Result<&str, Denial> {
+            bearer(AuthHeader::One(v))
+        }
+        assert_eq!(t("Bearer abc"), Ok("abc"));
+        assert_eq!(t("bearer abc"), Ok("abc"));
+        assert_eq!(t("BEARER   abc "), Ok("abc"));
+        assert_eq!(t("Basic dXNlcjpwYXNz"), Err(Denial::NoCredentials));
+        assert_eq!(t(""), Err(Denial::NoCredentials));
+        assert_eq!(t("Bearerabc"), Err(Denial::NoCredentials));
+        assert!(matches!(t("Bearer"), Err(Denial::InvalidToken(_))));
+        assert!(matches!(t("Bearer a b"), Err(Denial::InvalidToken(_))));
+        assert_eq!(bearer(AuthHeader::Absent), Err(Denial::NoCredentials));
+        assert_eq!(
+            bearer(AuthHeader::Several),
+            Err(Denial::SeveralAuthorizations)
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The outcome of a check and its one mapping to what a client sees: HTTP status, gRPC code,
+//! `WWW-Authenticate`, `Retry-After` and the small JSON body (SPEC §4).
+//!
+//! Both adapters (gRPC ext_authz and HTTP forward-auth) render a [`Decision`] through these
+//! functions; neither decides anything itself. Reasons are short and never contain the token.
+
+use std::sync::Arc;
+
+use crate::policy::{PathError, PolicyDenial};
+use crate::token::{Identity, TokenError};
+
+/// What the server decided for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow {
+        rule: Arc<str>,
+        /// `None` on public routes: every identity header is removed, none set.
+        identity: Option<Identity>,
+    },
+    Deny {
+        /// The matched rule, when the denial came after matching.
+        rule: Option<Arc<str>>,
+        denial: Denial,
+    },
+}
+
+/// Why a request is denied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Denial {
+    #[error("no bearer token")]
+    NoCredentials,
+    #[error("{0}")]
+    InvalidToken(TokenError),
+    #[error("{0}")]
+    Policy(PolicyDenial),
+    #[error("no rule matches this request")]
+    NoRule,
+    #[error("{0}")]
+    BadPath(PathError),
+    #[error("several Authorization values")]
+    SeveralAuthorizations,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("forwarded headers from an untrusted peer")]
+    UntrustedPeer,
+    #[error("signing keys of issuer {issuer} are not available")]
+    KeysUnavailable {
+        issuer: Arc<str>,
+        retry_after_secs: u64,
+    },
+}
+
+/// The families of denial in SPEC §4's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    BadRequest,
+    Unauthenticated,
+    InvalidToken,
+    InsufficientScope,
+    Forbidden,
+    Unavailable,
+}
+
+/// gRPC `google.rpc.Code` values used in `CheckResponse.status`.
+pub mod grpc_code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+impl Outcome {
+    pub fn http_status(self) -> u16 {
+        match self {
+            Outcome::Allow => 200,
+            Outcome::BadRequest => 400,
+            Outcome::Unauthenticated | Outcome::InvalidToken => 401,
+            Outcome::InsufficientScope | Outcome::Forbidden => 403,
+            Outcome::Unavailable => 503,
+        }
+    }
+
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            Outcome::Allow => grpc_code::OK,
+            Outcome::BadRequest => grpc_code::INVALID_ARGUMENT,
+            Outcome::Unauthenticated | Outcome::InvalidToken => grpc_code::UNAUTHENTICATED,
+            Outcome::InsufficientScope | Outcome::Forbidden => grpc_code::PERMISSION_DENIED,
+            Outcome::Unavailable => grpc_code::UNAVAILABLE,
+        }
+    }
+
+    /// The body's `error` value (and the metrics label).
+    pub fn error_code(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::BadRequest => "invalid_request",
+            Outcome::Unauthenticated => "unauthorized",
+            Outcome::InvalidToken => "invalid_token",
+            Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+impl Denial {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Denial::NoCredentials => Outcome::Unauthenticated,
+            Denial::InvalidToken(_) => Outcome::InvalidToken,
+            Denial::Policy(PolicyDenial::InsufficientScope) => Outcome::InsufficientScope,
+            Denial::Policy(_) | Denial::NoRule | Denial::UntrustedPeer => Outcome::Forbidden,
+            Denial::BadPath(_) | Denial::SeveralAuthorizations | Denial::BadRequest(_) => {
+                Outcome::BadRequest
+            }
+            Denial::KeysUnavailable { .. } => Outcome::Unavailable,
+        }
+    }
+}
+
+impl Decision {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Allow { .. } => Outcome::Allow,
+            Decision::Deny { denial, .. } => denial.outcome(),
+        }
+    }
+
+    pub fn deny(denial: Denial) -> Self {
+        Decision::Deny { rule: None, denial }
+    }
+}
+
+/// A denial rendered for the wire, the same for gRPC and HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialResponse {
+    pub status: u16,
+    pub grpc_code: i32,
+    /// Header name (lower case) and value; includes `content-type`.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Render a denial (SPEC §4). `realm` comes from the config.
+pub fn render_denial(denial: &Denial, realm: &str) -> DenialResponse {
+    let outcome = denial.outcome();
+    let reason = denial.to_string();
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    match outcome {
+        Outcome::Unauthenticated => {
+            headers.push(("www-authenticate", format!("Bearer realm=\"{realm}\"")));
+        }
+        Outcome::InvalidToken => headers.push((
+            "www-authenticate",
+            format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_safe(&reason)
+            ),
+        )),
+        Outcome::InsufficientScope => headers.push((
+            "www-authenticate",
+            format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\""),
+        )),
+        Outcome::Unavailable => {
+            let secs = match denial {
+                Denial::KeysUnavailable {
+                    retry_after_secs, ..
+                } => *retry_after_secs,
+                _ => 5,
+            };
+            headers.push(("retry-after", secs.max(1).to_string()));
+        }
+        Outcome::Allow | Outcome::BadRequest | Outcome::Forbidden => {}
+    }
+    let body = serde_json::json!({ "error": outcome.error_code(), "reason": reason }).to_string();
+    DenialResponse {
+        status: outcome.http_status(),
+        grpc_code: outcome.grpc_code(),
+        headers,
+        body,
+    }
+}
+
+/// RFC 6750 error_description: printable ASCII except `"` and `\`.
+fn quoted_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) && c != '"' && c != '\\' {
+                c
+            } else {
+                '\''
+            }
+        })
+        .collect()
+}
+
+/// The identity headers of an allowed request: values to set, names to remove (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityHeaders {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// Which identity headers an allowed request carries upstream and which are removed.
+pub fn identity_headers(
+    identity: Option<&Identity>,
+    names: &crate::config::HeaderNames,
+) -> IdentityHeaders {
+    let mut out = IdentityHeaders::default();
+    let mut put = |name: &str, value: Option<String>| match value {
+        Some(v) => out.set.push((name.to_owned(), v)),
+        None => out.remove.push(name.to_owned()),
+    };
+    put(
+        &names.user_id,
+        identity.and_then(|i| i.user_id.as_deref().map(str::to_owned)),
+    );
+    put(
+        &names.tenant_id,
+        identity.and_then(|i| i.tenant_id.as_deref().map(str::to_owned)),
+    );
+    put(&names.roles, identity.and_then(Identity::roles_header));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_of_spec_section_4() {
+        let realm = "citadel";
+        let cases: Vec<(Denial, u16, i32, Option<&str>, &str)> = vec![
+            (
+                Denial::NoCredentials,
+                401,
+                16,
+                Some("Bearer realm=\"citadel\""),
+                "unauthorized",
+            ),
+            (
+                Denial::InvalidToken(TokenError::Expired),
+                401,
+                16,
+                Some(
+                    "Bearer realm=\"citadel\", error=\"invalid_token\", error_description=\"token is expired\"",
+                ),
+                "invalid_token",
+            ),
+            (
+                Denial::Policy(PolicyDenial::InsufficientScope),
+                403,
+                7,
+                Some("Bearer realm=\"citadel\", error=\"insufficient_scope\""),
+                "insufficient_scope",
+            ),
+            (
+                Denial::Policy(PolicyDenial::TenantMismatch),
+                403,
+                7,
+                None,
+                "forbidden",
+            ),
+            (
+                Denial::Policy(PolicyDenial::IssuerNotAllowed),
+                403,
+                7,
+                None,
+                "forbidden",
+            ),
+            (Denial::NoRule, 403, 7, None, "forbidden"),
+            (
+                Denial::BadPath(PathError::DotSegment),
+                400,
+                3,
+                None,
+                "invalid_request",
+            ),
+            (
+                Denial::SeveralAuthorizations,
+                400,
+                3,
+                None,
+                "invalid_request",
+            ),
+        ];
+        for (denial, status, code, www, error) in cases {
+            let r = render_denial(&denial, realm);
+            assert_eq!(r.status, status, "{denial:?}");
+            assert_eq!(r.grpc_code, code, "{denial:?}");
+            let got = r
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "www-authenticate")
+                .map(|(_, v)| v.as_str());
+            assert_eq!(got, www, "{denial:?}");
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["error"], error);
+            assert!(body["reason"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(
+                r.headers
+                    .contains(&("content-type", "application/json".to_owned()))
+            );
+        }
+        let r = render_denial(
+            &Denial::KeysUnavailable {
+                issuer: "iam".into(),
+                retry_after_secs: 7,
+            },
+            realm,
+        );
+        assert_eq!((r.status, r.grpc_code), (503, 14));
+        assert!(r.headers.contains(&("retry-after", "7".to_owned())));
+        assert!(!r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+    }
+
+    #[test]
+    fn identity_headers_set_and_remove() {
+        let names = crate::config::HeaderNames {
+            user_id: "x-user-id".into(),
+            tenant_id: "x-tenant-id".into(),
+            roles: "x-user-roles".into(),
+        };
+        let id = Identity {
+            issuer: "iam".into(),
+            user_id: Some("alice".into()),
+            tenant_id: None,
+            roles: vec!["a".into(), "b".into()],
+            expires_at: 0.0,
+        };
+        let h = identity_headers(Some(&id), &names);
+        assert_eq!(
+            h.set,
+            vec![
+                ("x-user-id".into(), "alice".into()),
+                ("x-user-roles".into(), "a,b".into())
+            ]
+        );
+        assert_eq!(h.remove, vec!["x-tenant-id".to_owned()]);
+        let public = identity_headers(None, &names);
+        assert!(public.set.is_empty());
+        assert_eq!(public.remove.len(), 3);
+    }
+}

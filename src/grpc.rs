@@ -1,0 +1,157 @@
+//! Envoy `envoy.service.auth.v3.Authorization/Check` adapter (tonic).
+//!
+//! Translates a `CheckRequest` into a [`CheckInput`] and a [`Decision`] into a `CheckResponse`;
+//! decides nothing itself. Every decision is an `Ok` gRPC reply: an `Err` status would mean the
+//! server could not decide at all, which Envoy turns into `status_on_error`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::authorizer::{AuthHeader, Authorizer, CheckInput};
+use crate::decision::{Decision, Denial, identity_headers, render_denial};
+use crate::telemetry::{self, Protocol};
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct AuthzService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthzService {
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        AuthzService { authorizer }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let http = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let rt = self.authorizer.runtime();
+        let (decision, method, path) = match http {
+            None => (
+                Decision::deny(Denial::BadRequest(
+                    "CheckRequest has no HTTP request attributes",
+                )),
+                "",
+                "",
+            ),
+            Some(http) => {
+                // Envoy sends either the `headers` map (values of repeated headers joined with
+                // `,`) or, with `encode_raw_headers`, the `header_map` list with one entry each.
+                let raw = http.header_map.as_ref().map(|m| &m.headers);
+                let authorization = match raw {
+                    Some(list) if !list.is_empty() => AuthHeader::from_values(
+                        list.iter()
+                            .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
+                            .map(header_text),
+                    ),
+                    _ => AuthHeader::from_values(
+                        http.headers
+                            .get("authorization")
+                            .map(String::as_str)
+                            .into_iter(),
+                    ),
+                };
+                let input = CheckInput {
+                    method: &http.method,
+                    path: &http.path,
+                    authorization,
+                };
+                (
+                    crate::authorizer::check(&rt, &input, crate::authorizer::unix_now()).await,
+                    http.method.as_str(),
+                    http.path.as_str(),
+                )
+            }
+        };
+        telemetry::record_decision(Protocol::Grpc, &decision, method, path, started.elapsed());
+        Ok(Response::new(to_check_response(&decision, &rt.config)))
+    }
+}
+
+fn header_text(h: &HeaderValue) -> &str {
+    if h.raw_value.is_empty() {
+        &h.value
+    } else {
+        // Not UTF-8: cannot be a bearer token; an empty value counts as no credentials.
+        std::str::from_utf8(&h.raw_value).unwrap_or("")
+    }
+}
+
+/// Render a decision as Envoy expects it.
+pub fn to_check_response(decision: &Decision, config: &crate::config::Config) -> CheckResponse {
+    match decision {
+        Decision::Allow { identity, .. } => {
+            let h = identity_headers(identity.as_ref(), &config.headers);
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: 0,
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: h
+                        .set
+                        .into_iter()
+                        .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+                        .collect(),
+                    headers_to_remove: h.remove,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        }
+        Decision::Deny { denial, .. } => {
+            let r = render_denial(denial, &config.realm);
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: r.grpc_code,
+                    message: r.body.clone(),
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(r.status),
+                    }),
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| {
+                            header(k.to_owned(), v, HeaderAppendAction::OverwriteIfExistsOrAdd)
+                        })
+                        .collect(),
+                    body: r.body,
+                })),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn header(key: String, value: String, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key,
+            value,
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,404 @@
+//! Key sets: a JWKS document parsed into the keys this server will verify with, and the choice
+//! of the one key a token may be checked against.
+//!
+//! Pure: no I/O. Only RSA ≥ 2048 bits, EC P-256/P-384 and Ed25519 signature keys are kept; `oct`
+//! keys, `use: enc` keys, keys of unknown type or malformed keys are skipped (and reported so the
+//! fetcher can log them). A token's `alg` must fit the key's type and the key's own `alg`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+/// Bounds that keep a hostile or broken JWKS from costing more than a normal one.
+const MAX_KEYS: usize = 100;
+const MIN_RSA_BITS: usize = 2048;
+const MAX_RSA_BITS: usize = 16384;
+
+/// The kind of a usable key; it decides which algorithms may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl KeyKind {
+    /// Whether a token signed with `alg` can be verified by a key of this kind.
+    pub fn fits(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        matches!(
+            (self, alg),
+            (KeyKind::Rsa, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+                | (KeyKind::P256, ES256)
+                | (KeyKind::P384, ES384)
+                | (KeyKind::Ed25519, EdDSA)
+        )
+    }
+}
+
+/// One verification key.
+#[derive(Clone)]
+pub struct Key {
+    pub kid: Option<Box<str>>,
+    pub kind: KeyKind,
+    /// The key's own `alg`, when the JWK names one.
+    pub alg: Option<Algorithm>,
+    pub decoding: DecodingKey,
+    /// Stable identity of this key's material (kind + public bytes), so verdicts cached under a
+    /// key can be dropped when that key leaves the set.
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    pub fn usable_for(&self, alg: Algorithm) -> bool {
+        self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+/// The usable keys of one issuer.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<Key>,
+}
+
+/// The outcome of looking for the key a token names.
+#[derive(Debug)]
+pub enum Selection<'k> {
+    Found(&'k Key),
+    /// The token's `kid` is not in the set: the set may be out of date.
+    UnknownKid,
+    /// The key exists but cannot verify this `alg` (type or its own `alg` differs).
+    AlgMismatch,
+    /// No `kid` and not exactly one key usable for the `alg`.
+    Ambiguous,
+}
+
+impl KeySet {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Selection<'_> {
+        match kid {
+            Some(kid) => {
+                let mut named = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .peekable();
+                if named.peek().is_none() {
+                    return Selection::UnknownKid;
+                }
+                named
+                    .find(|k| k.usable_for(alg))
+                    .map_or(Selection::AlgMismatch, Selection::Found)
+            }
+            None => {
+                let mut usable = self.keys.iter().filter(|k| k.usable_for(alg));
+                match (usable.next(), usable.next()) {
+                    (Some(key), None) => Selection::Found(key),
+                    _ => Selection::Ambiguous,
+                }
+            }
+        }
+    }
+
+    /// Parse a JWKS document. Unusable keys are skipped and described in the second value;
+    /// a document that is not a JWKS at all is an error.
+    pub fn from_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), String> {
+        let doc: Value =
+            serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let Some(list) = doc.get("keys").and_then(Value::as_array) else {
+            return Err("JWKS has no \"keys\" array".to_owned());
+        };
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, jwk) in list.iter().enumerate() {
+            if keys.len() == MAX_KEYS {
+                skipped.push(format!(
+                    "keys[{i}..]: more than {MAX_KEYS} keys, the rest ignored"
+                ));
+                break;
+            }
+            match parse_jwk(jwk) {
+                Ok(key) => keys.push(key),
+                Err(why) => skipped.push(format!("keys[{i}]: {why}")),
+            }
+        }
+        Ok((KeySet { keys }, skipped))
+    }
+}
+
+fn parse_jwk(jwk: &Value) -> Result<Key, String> {
+    let field = |name: &str| -> Result<Option<&str>, String> {
+        match jwk.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("\"{name}\" is not a string")),
+        }
+    };
+    let required = |name: &str| -> Result<&str, String> {
+        field(name)?.ok_or_else(|| format!("missing \"{name}\""))
+    };
+    if let Some(usage) = field("use")?
+        && usage != "sig"
+    {
+        return Err(format!("use {usage:?} is not sig"));
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")));
+        if !verifies {
+            return Err("key_ops does not include verify".to_owned());
+        }
+    }
+    let alg = match field("alg")? {
+        None => None,
+        Some(name) => Some(
+            algorithm_from_name(name)
+                .ok_or_else(|| format!("alg {name:?} is not a supported signature algorithm"))?,
+        ),
+    };
+    let kid = field("kid")?.map(Into::into);
+    let kty = required("kty")?;
+    let (kind, decoding, material) = match kty {
+        "RSA" => {
+            let n = b64(required("n")?, "n")?;
+            let e = b64(required("e")?, "e")?;
+            let n_trim = trim_zeros(&n);
+            let bits = n_trim.len() * 8 - n_trim.first().map_or(8, |b| b.leading_zeros() as usize);
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+                return Err(format!(
+                    "RSA key of {bits} bits (need {MIN_RSA_BITS}..={MAX_RSA_BITS})"
+                ));
+            }
+            let e_trim = trim_zeros(&e);
+            if e_trim.is_empty() || e_trim.len() > 8 || e_trim[e_trim.len() - 1] & 1 == 0 {
+                return Err("RSA exponent is not a small odd number".to_owned());
+            }
+            let material = [n_trim, e_trim].concat();
+            (
+                KeyKind::Rsa,
+                DecodingKey::from_rsa_raw_components(n_trim, e_trim),
+                material,
+            )
+        }
+        "EC" => {
+            let (kind, len) = match required("crv")? {
+                "P-256" => (KeyKind::P256, 32),
+                "P-384" => (KeyKind::P384, 48),
+                other => return Err(format!("EC curve {other:?} is not supported")),
+            };
+            let x = b64(required("x")?, "x")?;
+            let y = b64(required("y")?, "y")?;
+            if x.len() != len || y.len() != len {
+                return Err("EC coordinates have the wrong length".to_owned());
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            if aws_lc_rs::signature::ParsedPublicKey::new(
+                if kind == KeyKind::P256 {
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
+                } else {
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED
+                },
+                &point,
+            )
+            .is_err()
+            {
+                return Err("EC point is not on the curve".to_owned());
+            }
+            (kind, DecodingKey::from_ec_der(&point), point)
+        }
+        "OKP" => {
+            let crv = required("crv")?;
+            if crv != "Ed25519" {
+                return Err(format!("OKP curve {crv:?} is not supported"));
+            }
+            let x = b64(required("x")?, "x")?;
+            if x.len() != 32 {
+                return Err("Ed25519 key is not 32 bytes".to_owned());
+            }
+            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x), x)
+        }
+        "oct" => return Err("symmetric (oct) keys are never used".to_owned()),
+        other => return Err(format!("key type {other:?} is not supported")),
+    };
+    if let Some(alg) = alg
+        && !kind.fits(alg)
+    {
+        return Err(format!("alg {alg:?} does not fit a {kind:?} key"));
+    }
+    Ok(Key {
+        kid,
+        kind,
+        alg,
+        decoding,
+        fingerprint: fingerprint(kind, &material),
+    })
+}
+
+fn b64(s: &str, name: &str) -> Result<Vec<u8>, String> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| format!("\"{name}\" is not base64url"))
+}
+
+fn trim_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+/// FNV-1a over kind and key material: a stable, cheap identity (not a security boundary; the
+/// key material itself is what verifies).
+fn fingerprint(kind: KeyKind, material: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::iter::once(kind as u8).chain(material.iter().copied()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `RS256` → `Algorithm::RS256`, for the asymmetric algorithms only.
+pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
+    use Algorithm::*;
+    Some(match name {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signer::SigningKey;
+    use serde_json::json;
+
+    fn set(keys: Vec<Value>) -> (KeySet, Vec<String>) {
+        KeySet::from_jwks(json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn keeps_supported_keys_and_skips_the_rest() {
+        let rsa = SigningKey::generate(Algorithm::RS256, "r1");
+        let ec = SigningKey::generate(Algorithm::ES256, "e1");
+        let ed = SigningKey::generate(Algorithm::EdDSA, "d1");
+        let mut enc = ec.jwk();
+        enc["use"] = json!("enc");
+        enc["kid"] = json!("enc");
+        let (ks, skipped) = set(vec![
+            rsa.jwk(),
+            ec.jwk(),
+            ed.jwk(),
+            json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"}),
+            enc,
+            json!({"kty": "RSA", "kid": "small", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"}),
+            json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}),
+            json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])}),
+            json!({"kty": "OKP", "crv": "X25519", "x": URL_SAFE_NO_PAD.encode([1u8; 32])}),
+            json!({"kty": "WAT"}),
+            json!("not an object"),
+        ]);
+        assert_eq!(ks.len(), 3, "{skipped:?}");
+        assert_eq!(skipped.len(), 8, "{skipped:?}");
+        assert!(
+            skipped.iter().any(|s| s.contains("1024 bits")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.iter().any(|s| s.contains("not on the curve")),
+            "{skipped:?}"
+        );
+    }
+
+    #[test]
+    fn not_a_jwks_is_an_error() {
+        assert!(KeySet::from_jwks(b"<html>").is_err());
+        assert!(KeySet::from_jwks(b"{}").is_err());
+        assert!(KeySet::from_jwks(b"{\"keys\": {}}").is_err());
+    }
+
+    #[test]
+    fn selection_binds_alg_to_key_type_and_key_alg() {
+        let rsa = SigningKey::generate(Algorithm::RS256, "r1");
+        let ec = SigningKey::generate(Algorithm::ES256, "e1");
+        let (ks, _) = set(vec![rsa.jwk(), ec.jwk()]);
+        assert!(matches!(
+            ks.select(Some("r1"), Algorithm::RS256),
+            Selection::Found(_)
+        ));
+        // The key names RS256 for itself: PS256 with the same RSA key is refused.
+        assert!(matches!(
+            ks.select(Some("r1"), Algorithm::PS256),
+            Selection::AlgMismatch
+        ));
+        assert!(matches!(
+            ks.select(Some("r1"), Algorithm::ES256),
+            Selection::AlgMismatch
+        ));
+        assert!(matches!(
+            ks.select(Some("e1"), Algorithm::ES384),
+            Selection::AlgMismatch
+        ));
+        assert!(matches!(
+            ks.select(Some("zz"), Algorithm::ES256),
+            Selection::UnknownKid
+        ));
+        // No kid: exactly one usable key for the alg.
+        assert!(
+            matches!(ks.select(None, Algorithm::ES256), Selection::Found(k) if k.kind == KeyKind::P256)
+        );
+        assert!(matches!(
+            ks.select(None, Algorithm::EdDSA),
+            Selection::Ambiguous
+        ));
+        let ec2 = SigningKey::generate(Algorithm::ES256, "e2");
+        let (ks2, _) = set(vec![ec.jwk(), ec2.jwk()]);
+        assert!(matches!(
+            ks2.select(None, Algorithm::ES256),
+            Selection::Ambiguous
+        ));
+    }
+
+    #[test]
+    fn fingerprints_differ_per_key_and_are_stable() {
+        let a = SigningKey::generate(Algorithm::ES256, "a");
+        let b = SigningKey::generate(Algorithm::ES256, "a");
+        let (s1, _) = set(vec![a.jwk()]);
+        let (s2, _) = set(vec![a.jwk(), b.jwk()]);
+        assert_eq!(s1.keys()[0].fingerprint, s2.keys()[0].fingerprint);
+        assert_ne!(s2.keys()[0].fingerprint, s2.keys()[1].fingerprint);
+    }
+}

@@ -1,0 +1,247 @@
+//! `citadel-authz` binary: parse the CLI, load config, start telemetry, run the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use citadel_authz::config::Config;
+use citadel_authz::telemetry::{self, LogFormat};
+use citadel_authz::{Listeners, Options, client, dev, server};
+
+#[derive(Parser)]
+#[command(
+    name = "citadel-authz",
+    version,
+    about = "External authorization for Envoy and forward-auth gateways: JWT against cached JWKS, route policy, identity headers"
+)]
+struct Cli {
+    /// Log format (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[arg(long, env = "CITADEL_AUTHZ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate config and policy: print `ok` (exit 0) or every problem (exit 2). Binds nothing.
+    CheckConfig {
+        #[arg(long, env = "CITADEL_AUTHZ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Zero-setup demo: embedded development issuer, example policy, tokens printed at start.
+    Dev {
+        /// Use this config (its listeners, issuers and policy) plus the dev issuer.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// gRPC listener when no --config is given.
+        #[arg(long, default_value = "127.0.0.1:9191")]
+        grpc: String,
+        /// HTTP listener when no --config is given.
+        #[arg(long, default_value = "127.0.0.1:9192")]
+        http: String,
+    },
+    /// Send one CheckRequest to a running server, as Envoy would, and print the answer.
+    /// Exit 0 on allow, 1 on deny.
+    Check {
+        /// gRPC address of the server.
+        #[arg(long, default_value = "127.0.0.1:9191")]
+        grpc: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Original request path (with query).
+        #[arg(long)]
+        path: String,
+        /// Bearer token to send as `Authorization: Bearer <token>`.
+        #[arg(long)]
+        token: Option<String>,
+        /// Extra request header `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async_main(cli.command))
+}
+
+async fn async_main(command: Command) -> ExitCode {
+    match command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failed(&config, &e),
+        },
+        Command::Serve { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&path, &e),
+            };
+            serve(config, |_, config| Ok((config, Options::default()))).await
+        }
+        Command::Dev { config, grpc, http } => dev_mode(config, grpc, http).await,
+        Command::Check {
+            grpc,
+            method,
+            path,
+            token,
+            headers,
+        } => check(grpc, method, path, token, headers).await,
+    }
+}
+
+fn config_failed(path: &Path, e: &citadel_authz::ConfigError) -> ExitCode {
+    eprintln!("{}: invalid configuration:", path.display());
+    for issue in &e.issues {
+        eprintln!("  {issue}");
+    }
+    ExitCode::from(2)
+}
+
+/// Bind, let `prepare` adjust config and options to the bound listeners (dev mode adds its
+/// issuer there), then run until SIGTERM / Ctrl-C.
+async fn serve(
+    config: Config,
+    prepare: impl FnOnce(&Listeners, Config) -> Result<(Config, Options), String>,
+) -> ExitCode {
+    let listeners = match Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let (config, options) = match prepare(&listeners, config) {
+        Ok(prepared) => prepared,
+        Err(e) => return fail(e),
+    };
+    let running = match server::start(config, listeners, options).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    match running.run_until(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("citadel-authz: {e}");
+    ExitCode::from(1)
+}
+
+async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCode {
+    let base = match &config {
+        Some(path) => Config::load(path),
+        None => {
+            // The example policy needs an issuer to validate; the dev issuer replaces this
+            // placeholder once the HTTP port is known.
+            let yaml = format!(
+                "listen: {{ grpc: {grpc:?}, http: {http:?} }}\nissuers:\n  - name: placeholder\n    issuer: http://127.0.0.1/placeholder\n    jwks_uri: http://127.0.0.1/placeholder\n    audiences: [{}]\npolicy:\n{}",
+                dev::DEV_AUDIENCE,
+                dev::EXAMPLE_POLICY
+                    .lines()
+                    .map(|l| format!("  {l}\n"))
+                    .collect::<String>()
+            );
+            Config::from_yaml(&yaml, Path::new("."))
+        }
+    };
+    let base = match base {
+        Ok(c) => c,
+        Err(e) => return config_failed(config.as_deref().unwrap_or(Path::new("dev")), &e),
+    };
+    let builtin = config.is_none();
+    serve(base, move |listeners, mut config| {
+        let http = listeners
+            .http_addr()
+            .ok_or("dev mode serves its JWKS on the HTTP listener: set listen.http")?;
+        let issuer = dev::DevIssuer::new(http).map_err(|e| e.to_string())?;
+        if builtin {
+            config.issuers.clear();
+        }
+        config.issuers.push(issuer.issuer_config());
+        println!("{}", dev::banner(&issuer, listeners.grpc_addr(), http));
+        let options = Options {
+            extra_routes: Some(Arc::new(issuer).routes()),
+        };
+        Ok((config, options))
+    })
+    .await
+}
+
+async fn check(
+    grpc: String,
+    method: String,
+    path: String,
+    token: Option<String>,
+    headers: Vec<String>,
+) -> ExitCode {
+    let mut list = Vec::new();
+    if let Some(t) = token {
+        list.push(("authorization".to_owned(), format!("Bearer {t}")));
+    }
+    for h in headers {
+        match h.split_once(':') {
+            Some((k, v)) => list.push((k.trim().to_owned(), v.trim().to_owned())),
+            None => return fail(format!("--header {h:?} is not `name: value`")),
+        }
+    }
+    let endpoint = if grpc.contains("://") {
+        grpc
+    } else {
+        format!("http://{grpc}")
+    };
+    match client::check(endpoint, client::check_request(&method, &path, &list)).await {
+        Ok(resp) => {
+            print!("{}", client::describe(&resp));
+            let allowed = resp.status.as_ref().is_none_or(|s| s.code == 0);
+            if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight checks");
+}

@@ -1,0 +1,780 @@
+//! Route policy: rules compiled once at load, the canonical form of a request path, and the
+//! per-request authorization of a verified identity against the matched rule.
+//!
+//! Pure: no I/O, no clock, no allocation beyond the decoded path. The first rule whose method and
+//! path match decides; a request no rule matches is denied. Paths that could be read two ways by
+//! two components (`//`, `..`, `%2F`, `;`, control bytes, invalid UTF-8) are refused, never matched
+//! in some other form.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::config::ConfigIssue;
+use crate::token::Identity;
+
+/// A rule as written in YAML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub roles_any: Vec<String>,
+    #[serde(default)]
+    pub roles_all: Vec<String>,
+    #[serde(default)]
+    pub tenant_param: Option<String>,
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    /// `{name}` or `*`: exactly one segment.
+    One,
+    /// `**`: zero or more segments, only last.
+    Rest,
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    segments: Vec<Segment>,
+    /// Index of the segment captured as the tenant, when the rule has `tenant_param`.
+    tenant_at: Option<usize>,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: Arc<str>,
+    patterns: Vec<Pattern>,
+    /// Upper-case; `None` = every method.
+    methods: Option<Vec<Box<str>>>,
+    pub public: bool,
+    roles_any: Vec<Box<str>>,
+    roles_all: Vec<Box<str>>,
+    has_tenant_param: bool,
+    issuers: Option<Vec<Box<str>>>,
+}
+
+/// The compiled policy: rules in order.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+/// The rule that matched a request, and the tenant its path names (when the rule has `tenant_param`).
+#[derive(Debug, Clone, Copy)]
+pub struct RuleMatch<'p, 'r> {
+    pub rule: &'p Rule,
+    pub tenant: Option<&'r str>,
+}
+
+/// Why a valid identity is not allowed through the matched rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyDenial {
+    #[error("token lacks a role this route requires")]
+    InsufficientScope,
+    #[error("token's tenant does not match the tenant in the path")]
+    TenantMismatch,
+    #[error("token's issuer is not accepted on this route")]
+    IssuerNotAllowed,
+}
+
+/// Why a request path is refused before any rule is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path must start with /")]
+    NotAbsolute,
+    #[error("path has an empty segment")]
+    EmptySegment,
+    #[error("path has a . or .. segment")]
+    DotSegment,
+    #[error("path has an encoded / or \\")]
+    EncodedSlash,
+    #[error("path has a backslash")]
+    Backslash,
+    #[error("path has a ;")]
+    Semicolon,
+    #[error("path has a control character")]
+    Control,
+    #[error("path has invalid percent-encoding")]
+    BadPercent,
+    #[error("path is not UTF-8 once decoded")]
+    NotUtf8,
+}
+
+/// A request path in the one form rules are matched against: decoded once, split into segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    segments: Vec<String>,
+}
+
+impl CanonicalPath {
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// `/a/b` (for logs).
+    pub fn to_path_string(&self) -> String {
+        if self.segments.is_empty() {
+            return "/".to_owned();
+        }
+        let mut s = String::new();
+        for seg in &self.segments {
+            s.push('/');
+            s.push_str(seg);
+        }
+        s
+    }
+}
+
+/// Turn the request target (path, maybe with `?query` / `#fragment`) into its canonical form, or
+/// refuse it (SPEC §3).
+pub fn canonicalize(target: &str) -> Result<CanonicalPath, PathError> {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let raw = &target[..end];
+    let Some(rest) = raw.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute);
+    };
+    // One trailing slash is ignored; `/` itself is the empty path.
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(CanonicalPath {
+            segments: Vec::new(),
+        });
+    }
+    let mut segments = Vec::with_capacity(8);
+    for raw_seg in rest.split('/') {
+        if raw_seg.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        let seg = decode_segment(raw_seg)?;
+        if seg == "." || seg == ".." {
+            return Err(PathError::DotSegment);
+        }
+        segments.push(seg);
+    }
+    Ok(CanonicalPath { segments })
+}
+
+fn decode_segment(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex);
+                let lo = bytes.get(i + 2).copied().and_then(hex);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadPercent);
+                };
+                let d = hi << 4 | lo;
+                match d {
+                    b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                    b';' => return Err(PathError::Semicolon),
+                    _ => {}
+                }
+                out.push(d);
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Semicolon),
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let s = String::from_utf8(out).map_err(|_| PathError::NotUtf8)?;
+    if s.chars().any(char::is_control) {
+        return Err(PathError::Control);
+    }
+    Ok(s)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl Policy {
+    /// Compile rules; every problem is reported with its path (`rules[2].tenant_param`).
+    pub fn compile(raw: Vec<RawRule>, issuer_names: &[String]) -> Result<Self, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut push = |path: String, message: String| issues.push(ConfigIssue { path, message });
+        let mut names = HashSet::new();
+        let mut rules = Vec::with_capacity(raw.len());
+
+        for (i, r) in raw.into_iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if r.name.is_empty() {
+                push(format!("{at}.name"), "must not be empty".into());
+            } else if !names.insert(r.name.clone()) {
+                push(
+                    format!("{at}.name"),
+                    format!("duplicate rule name {:?}", r.name),
+                );
+            }
+            if r.paths.is_empty() {
+                push(
+                    format!("{at}.paths"),
+                    "at least one path pattern is required".into(),
+                );
+            }
+            let mut patterns = Vec::with_capacity(r.paths.len());
+            let paths: Vec<String> = r
+                .paths
+                .iter()
+                .map(|p| {
+                    p.replace(crate::config::PARAM_OPEN, "{")
+                        .replace(crate::config::PARAM_CLOSE, "}")
+                })
+                .collect();
+            for (j, p) in paths.iter().enumerate() {
+                match compile_pattern(p, r.tenant_param.as_deref()) {
+                    Ok(pattern) => {
+                        if r.tenant_param.is_some() && pattern.tenant_at.is_none() {
+                            push(
+                                format!("{at}.tenant_param"),
+                                format!(
+                                    "{:?} is not a {{param}} of path {p:?}",
+                                    r.tenant_param.as_deref().unwrap_or_default()
+                                ),
+                            );
+                        }
+                        patterns.push(pattern);
+                    }
+                    Err(msg) => push(format!("{at}.paths[{j}]"), msg),
+                }
+            }
+            let methods = r.methods.as_ref().map(|ms| {
+                if ms.is_empty() {
+                    push(
+                        format!("{at}.methods"),
+                        "must not be empty (omit it for every method)".into(),
+                    );
+                }
+                ms.iter()
+                    .enumerate()
+                    .map(|(j, m)| {
+                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                            push(
+                                format!("{at}.methods[{j}]"),
+                                format!("{m:?} is not an HTTP method"),
+                            );
+                        }
+                        m.to_ascii_uppercase().into_boxed_str()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            if r.public
+                && (!r.roles_any.is_empty()
+                    || !r.roles_all.is_empty()
+                    || r.tenant_param.is_some()
+                    || r.issuers.is_some())
+            {
+                push(
+                    format!("{at}.public"),
+                    "a public rule cannot also require roles, a tenant or issuers".into(),
+                );
+            }
+            for (field, roles) in [("roles_any", &r.roles_any), ("roles_all", &r.roles_all)] {
+                for (j, role) in roles.iter().enumerate() {
+                    if role.is_empty()
+                        || role.contains(',')
+                        || !role.bytes().all(|b| (0x21..0x7f).contains(&b))
+                    {
+                        push(
+                            format!("{at}.{field}[{j}]"),
+                            format!(
+                                "{role:?} is not a role name (printable ASCII, no spaces or commas)"
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(list) = &r.issuers {
+                if list.is_empty() {
+                    push(
+                        format!("{at}.issuers"),
+                        "must not be empty (omit it for every issuer)".into(),
+                    );
+                }
+                for (j, name) in list.iter().enumerate() {
+                    if !issuer_names.contains(name) {
+                        push(
+                            format!("{at}.issuers[{j}]"),
+                            format!("{name:?} is not the name of a configured issuer"),
+                        );
+                    }
+                }
+            }
+            rules.push(Rule {
+                name: Arc::from(r.name.as_str()),
+                patterns,
+                methods,
+                public: r.public,
+                roles_any: boxed(&r.roles_any),
+                roles_all: boxed(&r.roles_all),
+                has_tenant_param: r.tenant_param.is_some(),
+                issuers: r.issuers.as_deref().map(boxed),
+            });
+        }
+        if issues.is_empty() {
+            Ok(Policy { rules })
+        } else {
+            Err(issues)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule matching method and path.
+    pub fn find<'p, 'r>(
+        &'p self,
+        method: &str,
+        path: &'r CanonicalPath,
+    ) -> Option<RuleMatch<'p, 'r>> {
+        self.rules.iter().find_map(|rule| {
+            if let Some(methods) = &rule.methods
+                && !methods.iter().any(|m| &**m == method)
+            {
+                return None;
+            }
+            rule.patterns.iter().find_map(|p| {
+                p.matches(&path.segments).then(|| RuleMatch {
+                    rule,
+                    tenant: p.tenant_at.map(|i| path.segments[i].as_str()),
+                })
+            })
+        })
+    }
+}
+
+fn boxed(list: &[String]) -> Vec<Box<str>> {
+    list.iter().map(|s| s.as_str().into()).collect()
+}
+
+impl Pattern {
+    fn matches(&self, path: &[String]) -> bool {
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::One => {
+                    if i >= path.len() {
+                        return false;
+                    }
+                }
+                Segment::Literal(lit) => {
+                    if path.get(i).map(String::as_str) != Some(&**lit) {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+        i == path.len()
+    }
+}
+
+fn compile_pattern(pattern: &str, tenant_param: Option<&str>) -> Result<Pattern, String> {
+    let Some(rest) = pattern.strip_prefix('/') else {
+        return Err(format!("{pattern:?} must start with /"));
+    };
+    let mut segments = Vec::new();
+    let mut tenant_at = None;
+    let mut params = HashSet::new();
+    if !rest.is_empty() {
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let seg = match *part {
+                "" => {
+                    return Err(format!(
+                        "{pattern:?} has an empty segment (// or a trailing /)"
+                    ));
+                }
+                "**" if i + 1 == parts.len() => Segment::Rest,
+                "**" => {
+                    return Err(format!(
+                        "{pattern:?}: ** is only allowed as the last segment"
+                    ));
+                }
+                "*" => Segment::One,
+                "." | ".." => return Err(format!("{pattern:?} has a . or .. segment")),
+                p if p.starts_with('{') && p.ends_with('}') => {
+                    let name = &p[1..p.len() - 1];
+                    if name.is_empty()
+                        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        return Err(format!("{pattern:?}: {p} is not a {{name}} parameter"));
+                    }
+                    if !params.insert(name) {
+                        return Err(format!("{pattern:?}: parameter {p} appears twice"));
+                    }
+                    if Some(name) == tenant_param {
+                        tenant_at = Some(i);
+                    }
+                    Segment::One
+                }
+                p => {
+                    if p.chars().any(|c| {
+                        c.is_control()
+                            || matches!(c, '{' | '}' | '*' | '\\' | ';' | '%' | '?' | '#')
+                    }) {
+                        return Err(format!(
+                            "{pattern:?}: segment {p:?} may not contain {{ }} * \\ ; % ? # or control characters (write literals decoded)"
+                        ));
+                    }
+                    Segment::Literal(p.into())
+                }
+            };
+            segments.push(seg);
+        }
+    }
+    Ok(Pattern {
+        segments,
+        tenant_at,
+    })
+}
+
+/// Decide whether a verified identity may pass the matched (non-public) rule.
+/// Order: issuer, then tenant, then roles — a request for the wrong tenant is `forbidden` even when
+/// roles are also missing, since no extra scope would fix it.
+pub fn authorize(m: &RuleMatch<'_, '_>, identity: &Identity) -> Result<(), PolicyDenial> {
+    let rule = m.rule;
+    if let Some(issuers) = &rule.issuers
+        && !issuers.iter().any(|i| **i == *identity.issuer)
+    {
+        return Err(PolicyDenial::IssuerNotAllowed);
+    }
+    if rule.has_tenant_param {
+        match (m.tenant, identity.tenant_id.as_deref()) {
+            (Some(want), Some(have)) if want == have => {}
+            _ => return Err(PolicyDenial::TenantMismatch),
+        }
+    }
+    let has = |role: &str| identity.roles.iter().any(|r| &**r == role);
+    if !rule.roles_all.iter().all(|r| has(r)) {
+        return Err(PolicyDenial::InsufficientScope);
+    }
+    if !rule.roles_any.is_empty() && !rule.roles_any.iter().any(|r| has(r)) {
+        return Err(PolicyDenial::InsufficientScope);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(yaml: &str) -> Policy {
+        let raw: Vec<RawRule> = crate::config::parse_yaml(yaml, "").unwrap();
+        Policy::compile(raw, &["iam".to_owned(), "partner".to_owned()]).unwrap()
+    }
+
+    fn spec_policy() -> Policy {
+        policy(
+            r#"
+- name: health
+  paths: [/healthz]
+  methods: [GET]
+  public: true
+- name: orders-read
+  paths: [/api/orders/**]
+  methods: [GET, HEAD]
+  roles_any: [reader, "orders:write"]
+- name: tenant-data
+  paths: [/api/tenants/{tenant}/**]
+  tenant_param: tenant
+  roles_any: [member, admin]
+- name: admin
+  paths: [/api/admin/**]
+  roles_all: [admin]
+  issuers: [iam]
+- name: me
+  paths: [/api/me]
+- name: star
+  paths: [/files/*/meta, /]
+"#,
+        )
+    }
+
+    fn rule_for(p: &Policy, method: &str, target: &str) -> Option<String> {
+        let path = canonicalize(target).unwrap();
+        p.find(method, &path).map(|m| m.rule.name.to_string())
+    }
+
+    #[test]
+    fn patterns_and_precedence() {
+        let p = spec_policy();
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("GET", "/healthz", Some("health")),
+            ("POST", "/healthz", None),
+            ("GET", "/healthz/", Some("health")),
+            ("GET", "/healthz?probe=1", Some("health")),
+            ("GET", "/api/orders", Some("orders-read")),
+            ("GET", "/api/orders/", Some("orders-read")),
+            ("GET", "/api/orders/1/items/2", Some("orders-read")),
+            ("HEAD", "/api/orders/1", Some("orders-read")),
+            ("DELETE", "/api/orders/1", None),
+            ("get", "/api/orders/1", None),
+            ("GET", "/api/ordersX", None),
+            ("GET", "/API/orders", None),
+            ("PUT", "/api/tenants/acme/x", Some("tenant-data")),
+            ("PUT", "/api/tenants/acme", Some("tenant-data")),
+            ("PUT", "/api/tenants", None),
+            ("GET", "/api/admin", Some("admin")),
+            ("GET", "/api/me", Some("me")),
+            ("GET", "/api/me/x", None),
+            ("GET", "/files/a/meta", Some("star")),
+            ("GET", "/files/meta", None),
+            ("GET", "/files/a/b/meta", None),
+            ("GET", "/", Some("star")),
+            ("GET", "/api/%6De", Some("me")),
+            ("GET", "/nothing", None),
+        ];
+        for (method, target, want) in cases {
+            assert_eq!(
+                rule_for(&p, method, target).as_deref(),
+                *want,
+                "{method} {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let p = policy("- {name: a, paths: [/x/**], public: true}\n- {name: b, paths: [/x/y]}\n");
+        assert_eq!(rule_for(&p, "GET", "/x/y").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn canonical_path_refusals() {
+        let cases: &[(&str, PathError)] = &[
+            ("api/me", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("//api/me", PathError::EmptySegment),
+            ("/api//me", PathError::EmptySegment),
+            ("/api/me//", PathError::EmptySegment),
+            ("/api/./me", PathError::DotSegment),
+            ("/api/../admin", PathError::DotSegment),
+            ("/api/%2E%2E/admin", PathError::DotSegment),
+            ("/api/%2e/admin", PathError::DotSegment),
+            ("/api/.%2E/admin", PathError::DotSegment),
+            ("/api%2Fadmin", PathError::EncodedSlash),
+            ("/api%2fadmin", PathError::EncodedSlash),
+            ("/api%5Cadmin", PathError::EncodedSlash),
+            ("/api\\admin", PathError::Backslash),
+            ("/api;x=1/me", PathError::Semicolon),
+            ("/api%3Bx/me", PathError::Semicolon),
+            ("/api/me%00", PathError::Control),
+            ("/api/me%0A", PathError::Control),
+            ("/api/me%7F", PathError::Control),
+            ("/api/me\t", PathError::Control),
+            ("/api/me%C2%85", PathError::Control),
+            ("/api/me%", PathError::BadPercent),
+            ("/api/me%4", PathError::BadPercent),
+            ("/api/me%zz", PathError::BadPercent),
+            ("/api/%C0%AE%C0%AE/admin", PathError::NotUtf8),
+            ("/api/%FF", PathError::NotUtf8),
+        ];
+        for (target, want) in cases {
+            assert_eq!(canonicalize(target), Err(*want), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_path_accepts_and_decodes_once() {
+        assert_eq!(canonicalize("/").unwrap().segments(), &[] as &[String]);
+        assert_eq!(
+            canonicalize("/?a=/../").unwrap().segments(),
+            &[] as &[String]
+        );
+        assert_eq!(canonicalize("/a%20b/c").unwrap().segments(), &["a b", "c"]);
+        // Decoded once: %252F is the literal text %2F, not a slash.
+        assert_eq!(canonicalize("/a%252Fb").unwrap().segments(), &["a%2Fb"]);
+        assert_eq!(canonicalize("/caf%C3%A9").unwrap().segments(), &["café"]);
+        assert_eq!(canonicalize("/a/...").unwrap().segments(), &["a", "..."]);
+        assert_eq!(canonicalize("/a#frag/../x").unwrap().to_path_string(), "/a");
+    }
+
+    #[test]
+    fn compile_errors_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            ("- {name: a, paths: [api]}", "rules[0].paths[0]"),
+            ("- {name: a, paths: ['/a/**/b']}", "rules[0].paths[0]"),
+            ("- {name: a, paths: ['/a//b']}", "rules[0].paths[0]"),
+            ("- {name: a, paths: ['/a/']}", "rules[0].paths[0]"),
+            ("- {name: a, paths: ['/{x}/{x}']}", "rules[0].paths[0]"),
+            ("- {name: a, paths: ['/a%2F']}", "rules[0].paths[0]"),
+            ("- {name: a, paths: []}", "rules[0].paths"),
+            (
+                "- {name: a, paths: [/a]}\n- {name: a, paths: [/b]}",
+                "rules[1].name",
+            ),
+            (
+                "- {name: a, paths: ['/t/{t}'], tenant_param: x}",
+                "rules[0].tenant_param",
+            ),
+            (
+                "- {name: a, paths: ['/t/{t}', /u], tenant_param: t}",
+                "rules[0].tenant_param",
+            ),
+            (
+                "- {name: a, paths: [/a], issuers: [nobody]}",
+                "rules[0].issuers[0]",
+            ),
+            (
+                "- {name: a, paths: [/a], public: true, roles_any: [x]}",
+                "rules[0].public",
+            ),
+            ("- {name: a, paths: [/a], methods: []}", "rules[0].methods"),
+            (
+                "- {name: a, paths: [/a], methods: ['G T']}",
+                "rules[0].methods[0]",
+            ),
+            (
+                "- {name: a, paths: [/a], roles_all: ['a,b']}",
+                "rules[0].roles_all[0]",
+            ),
+        ];
+        for (yaml, path) in cases {
+            let raw: Vec<RawRule> = crate::config::parse_yaml(yaml, "").unwrap();
+            let errs = Policy::compile(raw, &["iam".to_owned()]).unwrap_err();
+            assert_eq!(errs[0].path, *path, "{yaml}: {errs:?}");
+        }
+    }
+
+    fn identity(issuer: &str, tenant: Option<&str>, roles: &[&str]) -> Identity {
+        Identity {
+            issuer: Arc::from(issuer),
+            user_id: Some("u".into()),
+            tenant_id: tenant.map(Into::into),
+            roles: roles.iter().map(|r| (*r).into()).collect(),
+            expires_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn authorize_table() {
+        let p = spec_policy();
+        let check = |target: &str, id: &Identity| {
+            let path = canonicalize(target).unwrap();
+            let m = p.find("GET", &path).unwrap();
+            authorize(&m, id)
+        };
+        use PolicyDenial::*;
+        let cases: Vec<(&str, Identity, Result<(), PolicyDenial>)> = vec![
+            ("/api/me", identity("iam", None, &[]), Ok(())),
+            ("/api/orders/1", identity("iam", None, &["reader"]), Ok(())),
+            (
+                "/api/orders/1",
+                identity("iam", None, &["orders:write"]),
+                Ok(()),
+            ),
+            (
+                "/api/orders/1",
+                identity("iam", None, &["writer"]),
+                Err(InsufficientScope),
+            ),
+            (
+                "/api/orders/1",
+                identity("iam", None, &[]),
+                Err(InsufficientScope),
+            ),
+            (
+                "/api/tenants/acme/x",
+                identity("iam", Some("acme"), &["member"]),
+                Ok(()),
+            ),
+            (
+                "/api/tenants/acme/x",
+                identity("iam", Some("globex"), &["member"]),
+                Err(TenantMismatch),
+            ),
+            (
+                "/api/tenants/acme/x",
+                identity("iam", None, &["member"]),
+                Err(TenantMismatch),
+            ),
+            (
+                "/api/tenants/acme/x",
+                identity("iam", Some("globex"), &[]),
+                Err(TenantMismatch),
+            ),
+            (
+                "/api/tenants/acme/x",
+                identity("iam", Some("acme"), &[]),
+                Err(InsufficientScope),
+            ),
+            (
+                "/api/tenants/ACME/x",
+                identity("iam", Some("acme"), &["admin"]),
+                Err(TenantMismatch),
+            ),
+            ("/api/admin/x", identity("iam", None, &["admin"]), Ok(())),
+            (
+                "/api/admin/x",
+                identity("partner", None, &["admin"]),
+                Err(IssuerNotAllowed),
+            ),
+            (
+                "/api/admin/x",
+                identity("iam", None, &["reader"]),
+                Err(InsufficientScope),
+            ),
+        ];
+        for (target, id, want) in cases {
+            assert_eq!(check(target, &id), want, "{target} {id:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn canonicalize_never_panics(s in "\\PC{0,64}") {
+            let _ = canonicalize(&s);
+        }
+
+        #[test]
+        fn canonical_segments_are_clean(s in "(/[a-zA-Z0-9%./;\\\\]{0,6}){1,6}") {
+            if let Ok(p) = canonicalize(&s) {
+                for seg in p.segments() {
+                    prop_assert!(!seg.is_empty());
+                    prop_assert!(seg != "." && seg != "..");
+                    prop_assert!(!seg.contains('/') && !seg.contains('\\') && !seg.contains(';'));
+                }
+            }
+        }
+
+        #[test]
+        fn unmatched_is_never_allowed(seg in "[a-z]{1,8}") {
+            // Deny wins: a path outside every rule never finds a rule.
+            let p = spec_policy();
+            let target = format!("/zz{seg}");
+            prop_assert!(p.find("GET", &canonicalize(&target).unwrap()).is_none());
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Binding listeners and running the gRPC and HTTP servers plus the JWKS refreshers, with a
+//! bounded graceful shutdown.
+//!
+//! Listeners are bound before anything else runs, so a bad address fails at once (and port 0
+//! works for tests). The servers start before the first JWKS fetch: readiness turns true as key
+//! sets arrive, while checks for issuers already loaded are answered.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::authorizer::{Authorizer, Runtime};
+use crate::config::{Config, GrpcListen};
+use crate::grpc::AuthzService;
+use crate::http::{HttpState, router};
+use crate::jwks::{IssuerKeys, http_client};
+
+/// How long in-flight checks may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Startup failures: nothing is served.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(#[from] crate::jwks::ClientError),
+    #[error("server task failed: {0}")]
+    Serve(String),
+}
+
+/// Listeners bound before the servers start.
+pub struct Listeners {
+    grpc: GrpcListener,
+    http: Option<TcpListener>,
+}
+
+enum GrpcListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listeners {
+    /// Bind what the config names. A stale unix socket file is replaced.
+    pub async fn bind(config: &Config) -> Result<Self, InitError> {
+        let grpc = match &config.listen.grpc {
+            GrpcListen::Tcp(addr) => {
+                GrpcListener::Tcp(TcpListener::bind(addr).await.map_err(|source| {
+                    InitError::Bind {
+                        what: "gRPC",
+                        addr: addr.to_string(),
+                        source,
+                    }
+                })?)
+            }
+            GrpcListen::Unix(path) => {
+                let bind_err = |source| InitError::Bind {
+                    what: "gRPC",
+                    addr: format!("unix:{}", path.display()),
+                    source,
+                };
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                let listener = UnixListener::bind(path).map_err(bind_err)?;
+                if let Some(mode) = config.listen.grpc_socket_mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                        .map_err(bind_err)?;
+                }
+                GrpcListener::Unix(listener, path.clone())
+            }
+        };
+        let http = match config.listen.http {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| InitError::Bind {
+                            what: "HTTP",
+                            addr: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Listeners { grpc, http })
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        match &self.grpc {
+            GrpcListener::Tcp(l) => l.local_addr().ok(),
+            GrpcListener::Unix(..) => None,
+        }
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Extra parts a caller plugs in (dev mode's routes).
+#[derive(Default)]
+pub struct Options {
+    pub extra_routes: Option<axum::Router>,
+}
+
+/// A running server.
+pub struct Running {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub authorizer: Arc<Authorizer>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), String>>,
+    unix_socket: Option<PathBuf>,
+}
+
+/// Start serving `config` on already bound listeners.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    options: Options,
+) -> Result<Running, InitError> {
+    let client = http_client(&config.jwks)?;
+    let timing = config.jwks.clone();
+    let runtime = Runtime::new(config, |issuer| {
+        Arc::new(IssuerKeys::new(issuer, timing.clone(), client.clone()))
+    });
+    let key_stores: Vec<Arc<IssuerKeys>> = runtime
+        .issuers
+        .iter()
+        .map(|i| Arc::clone(&i.keys))
+        .collect();
+    let authorizer = Arc::new(Authorizer::new(runtime));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let grpc_addr = listeners.grpc_addr();
+    let http_addr = listeners.http_addr();
+
+    // gRPC: ext_authz + grpc.health.v1, SERVING exactly while ready.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
+            &authorizer,
+        ))));
+    let mut unix_socket = None;
+    let shutdown = wait_stop(stop_rx.clone());
+    match listeners.grpc {
+        GrpcListener::Tcp(l) => {
+            let incoming = TcpListenerStream::new(l).map(|s| {
+                s.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            tasks.spawn(async move {
+                grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        GrpcListener::Unix(l, path) => {
+            unix_socket = Some(path);
+            let incoming = UnixListenerStream::new(l);
+            tasks.spawn(async move {
+                grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+    }
+
+    if let Some(listener) = listeners.http {
+        let app = router(
+            HttpState {
+                authorizer: Arc::clone(&authorizer),
+            },
+            options.extra_routes,
+        );
+        let shutdown = wait_stop(stop_rx.clone());
+        tasks.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| e.to_string())
+        });
+    }
+
+    for keys in key_stores {
+        tokio::spawn(keys.refresh_loop(stop_rx.clone()));
+    }
+
+    // Readiness → gRPC health. Polled: cheap, and it also notices a key set going stale.
+    let watcher_auth = Arc::clone(&authorizer);
+    let watcher_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ready = watcher_auth.runtime().readiness().is_ok();
+            if last != Some(ready) {
+                last = Some(ready);
+                let status = if ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status("", status).await;
+                health
+                    .set_service_status("envoy.service.auth.v3.Authorization", status)
+                    .await;
+                tracing::info!(ready, "readiness changed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = wait_stop(watcher_stop.clone()) => {
+                    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    return;
+                }
+            }
+        }
+    });
+
+    tracing::info!(grpc = ?grpc_addr.map(|a| a.to_string()).or_else(|| unix_socket.as_ref().map(|p| format!("unix:{}", p.display()))), http = ?http_addr, "listening");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        authorizer,
+        stop,
+        tasks,
+        unix_socket,
+    })
+}
+
+async fn wait_stop(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (at most [`SHUTDOWN_GRACE`]), stop refreshers.
+    pub async fn shutdown(mut self) -> Result<(), InitError> {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let mut first_err = None;
+            while let Some(res) = self.tasks.join_next().await {
+                if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err
+        })
+        .await;
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        match drained {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(InitError::Serve(e)),
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight requests did not finish within the shutdown grace period"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Serve until `signal` completes (or a server fails), then shut down.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), InitError> {
+        tokio::select! {
+            _ = signal => {}
+            Some(res) = self.tasks.join_next() => {
+                let err = match res {
+                    Ok(Ok(())) => "a server stopped unexpectedly".to_owned(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
+                let _ = self.shutdown().await;
+                return Err(InitError::Serve(err));
+            }
+        }
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,1022 @@
+//! JWT verification: a compact JWS turned into a verified [`Identity`], or a [`TokenError`].
+//!
+//! Pure: the key set, the issuer's rules and the current time are parameters; no I/O, no clock.
+//! The token is parsed by hand (header and payload decoded strictly, duplicate JSON members
+//! refused) so that every SPEC rule is explicit; the signature itself is checked by
+//! `jsonwebtoken` on its aws-lc backend. URLs named by the token (`jku`, `x5u`, `jwk`, `x5c`) are
+//! ignored: keys only ever come from the configured JWKS.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::config::{IssuerConfig, normalize_typ};
+use crate::keys::{Key, KeySet, Selection, algorithm_from_name};
+
+/// Latest accepted time claim: 9999-12-31T23:59:59Z. Anything larger (or negative, or not a
+/// finite number) is nonsense, not a far future.
+const MAX_TIME: f64 = 253_402_300_799.0;
+/// Longest identity header value.
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// The verified identity a token carries, in header-safe form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The configured issuer name (not the `iss` URL).
+    pub issuer: Arc<str>,
+    pub user_id: Option<Box<str>>,
+    pub tenant_id: Option<Box<str>>,
+    /// In claim-path order, each in token order, without duplicates.
+    pub roles: Vec<Box<str>>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: f64,
+}
+
+impl Identity {
+    /// Roles joined with `,` (the `x-user-roles` value); `None` when there are none.
+    pub fn roles_header(&self) -> Option<String> {
+        (!self.roles.is_empty()).then(|| self.roles.join(","))
+    }
+}
+
+/// Why a token is not accepted. Every variant is a 401 `invalid_token`, except that
+/// [`TokenError::UnknownKid`] first asks the key store for a refetch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("token is not a compact JWS: {0}")]
+    Malformed(&'static str),
+    #[error("token has a duplicate JSON member")]
+    DuplicateMember,
+    #[error("token header: {0}")]
+    Header(&'static str),
+    #[error("algorithm is not accepted")]
+    Algorithm,
+    #[error("token has critical header parameters this server does not understand")]
+    Crit,
+    #[error("token type (typ) is not accepted")]
+    Type,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("no key with the token's kid")]
+    UnknownKid,
+    #[error("token's algorithm does not match its key")]
+    KeyMismatch,
+    #[error("token has no kid and its issuer has several keys for its algorithm")]
+    AmbiguousKey,
+    #[error("signature is invalid")]
+    Signature,
+    #[error("token is expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token is issued in the future")]
+    IssuedInFuture,
+    #[error("claim {0} is missing")]
+    MissingClaim(&'static str),
+    #[error("claim {0} has the wrong type or range")]
+    ClaimType(&'static str),
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("claim {0} cannot be sent in a header")]
+    UnsafeClaim(&'static str),
+}
+
+/// A token split and decoded, signature not yet checked.
+pub struct Unverified<'t> {
+    alg: Algorithm,
+    kid: Option<String>,
+    typ: Option<String>,
+    claims: Map<String, Value>,
+    signing_input: &'t str,
+    signature: &'t str,
+}
+
+impl fmt::Debug for Unverified<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token or its signature.
+        f.debug_struct("Unverified")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'t> Unverified<'t> {
+    /// Split and decode a compact JWS. Size is checked before anything else is decoded.
+    pub fn parse(token: &'t str, max_bytes: usize) -> Result<Self, TokenError> {
+        if token.len() > max_bytes {
+            return Err(TokenError::TooLarge(max_bytes));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("expected three dot-separated parts"));
+        };
+        if h.is_empty() || p.is_empty() || s.is_empty() {
+            return Err(TokenError::Malformed("empty part"));
+        }
+        let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if !token.bytes().all(|b| b64url(b) || b == b'.') {
+            return Err(TokenError::Malformed("characters outside base64url"));
+        }
+        let header = decode_object(h)?;
+        let claims = decode_object(p)?;
+
+        let alg = match header.get("alg") {
+            Some(Value::String(name)) => algorithm_from_name(name).ok_or(TokenError::Algorithm)?,
+            Some(_) => return Err(TokenError::Header("alg is not a string")),
+            None => return Err(TokenError::Header("alg is missing")),
+        };
+        let kid = optional_string(&header, "kid")
+            .map_err(|()| TokenError::Header("kid is not a string"))?;
+        let typ = optional_string(&header, "typ")
+            .map_err(|()| TokenError::Header("typ is not a string"))?;
+        // This server implements no JWS extension, so any `crit` (even an empty one, which RFC 7515
+        // forbids) is a reason to refuse; `b64: false` (RFC 7797) would change what is signed.
+        if header.contains_key("crit") {
+            return Err(TokenError::Crit);
+        }
+        if header.get("b64").is_some_and(|v| v != &Value::Bool(true)) {
+            return Err(TokenError::Crit);
+        }
+
+        let dot = h.len() + 1 + p.len();
+        Ok(Unverified {
+            alg,
+            kid,
+            typ,
+            claims,
+            signing_input: &token[..dot],
+            signature: s,
+        })
+    }
+
+    /// The `iss` claim, used to choose the issuer before anything is verified.
+    pub fn issuer(&self) -> Option<&str> {
+        self.claims.get("iss").and_then(Value::as_str)
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// Checks that need no key: algorithm allowlist and `typ`. Done before a key is looked up so a
+    /// token that could never pass does not trigger a JWKS refetch.
+    pub fn precheck(&self, rules: &IssuerConfig) -> Result<(), TokenError> {
+        if !rules.algorithms.contains(&self.alg) {
+            return Err(TokenError::Algorithm);
+        }
+        if !rules.token_types.is_empty() {
+            let ok = self.typ.as_deref().is_some_and(|t| {
+                rules
+                    .token_types
+                    .iter()
+                    .any(|allowed| *allowed == normalize_typ(t))
+            });
+            if !ok {
+                return Err(TokenError::Type);
+            }
+        }
+        Ok(())
+    }
+
+    /// Choose the key, check the signature, then the claims. `now` is seconds since the epoch.
+    pub fn verify(
+        &self,
+        keys: &KeySet,
+        rules: &IssuerConfig,
+        issuer_name: &Arc<str>,
+        now: f64,
+    ) -> Result<Identity, TokenError> {
+        self.precheck(rules)?;
+        let key = match keys.select(self.kid.as_deref(), self.alg) {
+            Selection::Found(key) => key,
+            Selection::UnknownKid => return Err(TokenError::UnknownKid),
+            Selection::AlgMismatch => return Err(TokenError::KeyMismatch),
+            Selection::Ambiguous => return Err(TokenError::AmbiguousKey),
+        };
+        self.verify_with(key, rules, issuer_name, now)
+    }
+
+    /// Signature and claims against one chosen key.
+    pub fn verify_with(
+        &self,
+        key: &Key,
+        rules: &IssuerConfig,
+        issuer_name: &Arc<str>,
+        now: f64,
+    ) -> Result<Identity, TokenError> {
+        let valid = jsonwebtoken::crypto::verify(
+            self.signature,
+            self.signing_input.as_bytes(),
+            &key.decoding,
+            self.alg,
+        )
+        .unwrap_or(false);
+        if !valid {
+            return Err(TokenError::Signature);
+        }
+        check_claims(&self.claims, rules, issuer_name, now)
+    }
+}
+
+fn check_claims(
+    claims: &Map<String, Value>,
+    rules: &IssuerConfig,
+    issuer_name: &Arc<str>,
+    now: f64,
+) -> Result<Identity, TokenError> {
+    if claims.get("iss").and_then(Value::as_str) != Some(rules.issuer.as_str()) {
+        return Err(TokenError::Issuer);
+    }
+    let leeway = rules.leeway.as_secs_f64();
+    let exp = time_claim(claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    if now >= exp + leeway {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = time_claim(claims, "nbf")?
+        && now + leeway < nbf
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    if let Some(iat) = time_claim(claims, "iat")?
+        && iat > now + leeway
+    {
+        return Err(TokenError::IssuedInFuture);
+    }
+    check_audience(claims.get("aud"), &rules.audiences)?;
+    if claims.get("sub").is_some_and(|v| !v.is_string()) {
+        return Err(TokenError::ClaimType("sub"));
+    }
+
+    let user_id = string_claim(claims, &rules.claims.user_id, "user_id")?;
+    let tenant_id = string_claim(claims, &rules.claims.tenant_id, "tenant_id")?;
+    let mut roles: Vec<Box<str>> = Vec::new();
+    for path in &rules.claims.roles {
+        let mut push = |role: &str| -> Result<(), TokenError> {
+            if role.is_empty() {
+                return Ok(());
+            }
+            if !header_safe(role) || role.contains(',') {
+                return Err(TokenError::UnsafeClaim("roles"));
+            }
+            if !roles.iter().any(|r| &**r == role) {
+                roles.push(role.into());
+            }
+            Ok(())
+        };
+        match lookup(claims, path).map_err(|()| TokenError::ClaimType("roles"))? {
+            None => {}
+            Some(Value::String(s)) => s.split(' ').try_for_each(&mut push)?,
+            Some(Value::Array(list)) => {
+                for v in list {
+                    push(v.as_str().ok_or(TokenError::ClaimType("roles"))?)?;
+                }
+            }
+            Some(_) => return Err(TokenError::ClaimType("roles")),
+        }
+    }
+    let joined_len = roles.iter().map(|r| r.len() + 1).sum::<usize>();
+    if joined_len > MAX_HEADER_VALUE + 1 {
+        return Err(TokenError::UnsafeClaim("roles"));
+    }
+    Ok(Identity {
+        issuer: Arc::clone(issuer_name),
+        user_id,
+        tenant_id,
+        roles,
+        expires_at: exp,
+    })
+}
+
+fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if t.is_finite() && (0.0..=MAX_TIME).contains(&t) => Ok(Some(t)),
+            _ => Err(TokenError::ClaimType(name)),
+        },
+        Some(_) => Err(TokenError::ClaimType(name)),
+    }
+}
+
+fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), TokenError> {
+    let ok = |s: &str| accepted.iter().any(|a| a == s);
+    match aud {
+        None => Err(TokenError::MissingClaim("aud")),
+        Some(Value::String(s)) => ok(s).then_some(()).ok_or(TokenError::Audience),
+        Some(Value::Array(list)) => {
+            let mut found = false;
+            for v in list {
+                found |= ok(v.as_str().ok_or(TokenError::ClaimType("aud"))?);
+            }
+            found.then_some(()).ok_or(TokenError::Audience)
+        }
+        Some(_) => Err(TokenError::ClaimType("aud")),
+    }
+}
+
+fn string_claim(
+    claims: &Map<String, Value>,
+    path: &[String],
+    label: &'static str,
+) -> Result<Option<Box<str>>, TokenError> {
+    match lookup(claims, path).map_err(|()| TokenError::ClaimType(label))? {
+        None => Ok(None),
+        Some(Value::String(s)) if header_safe(s) => Ok(Some(s.as_str().into())),
+        Some(Value::String(_)) => Err(TokenError::UnsafeClaim(label)),
+        Some(_) => Err(TokenError::ClaimType(label)),
+    }
+}
+
+/// Follow a dotted path; `Err` when an intermediate member is not an object.
+fn lookup<'v>(claims: &'v Map<String, Value>, path: &[String]) -> Result<Option<&'v Value>, ()> {
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(None);
+    };
+    let mut cur = match claims.get(first) {
+        None => return Ok(None),
+        Some(v) => v,
+    };
+    for part in rest {
+        cur = match cur {
+            Value::Object(m) => match m.get(part) {
+                None => return Ok(None),
+                Some(v) => v,
+            },
+            Value::Null => return Ok(None),
+            _ => return Err(()),
+        };
+    }
+    Ok(match cur {
+        Value::Null => None,
+        v => Some(v),
+    })
+}
+
+/// A value that can go into an HTTP header unchanged and be read back identically: printable
+/// ASCII, no leading/trailing space (a proxy would trim it), at most 1 KiB, not empty.
+fn header_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_HEADER_VALUE
+        && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+}
+
+fn optional_string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ()> {
+    match obj.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    }
+}
+
+fn decode_object(part: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed("invalid base64url"))?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = match de.deserialize_any(StrictVisitor) {
+        Ok(v) => v,
+        Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(TokenError::DuplicateMember),
+        Err(_) => return Err(TokenError::Malformed("invalid JSON")),
+    };
+    de.end()
+        .map_err(|_| TokenError::Malformed("trailing data after JSON"))?;
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => Err(TokenError::Malformed(
+            "header or payload is not a JSON object",
+        )),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+/// Builds a `serde_json::Value` like serde_json does, but refuses an object with two members of
+/// the same name (RFC 7515 §4: such a JWS must be rejected; parsers disagree on which one wins).
+struct StrictVisitor;
+
+struct Strict(Value);
+
+impl<'de> de::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(key, v).is_some() {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClaimPaths, JwksSource};
+    use crate::signer::SigningKey;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const NOW: f64 = 1_800_000_000.0;
+    const ISS: &str = "https://iam.example.com";
+
+    fn rules() -> IssuerConfig {
+        IssuerConfig {
+            name: "iam".into(),
+            issuer: ISS.into(),
+            source: JwksSource::Uri("https://iam.example.com/jwks".into()),
+            allow_http: false,
+            audiences: vec!["api".into(), "other".into()],
+            algorithms: vec![
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::EdDSA,
+                Algorithm::PS256,
+            ],
+            leeway: Duration::from_secs(30),
+            token_types: vec![],
+            claims: ClaimPaths {
+                user_id: vec!["sub".into()],
+                tenant_id: vec!["tenant_id".into()],
+                roles: vec![
+                    vec!["roles".into()],
+                    vec!["scope".into()],
+                    vec!["realm_access".into(), "roles".into()],
+                ],
+            },
+        }
+    }
+
+    fn claims() -> Value {
+        json!({"iss": ISS, "aud": "api", "sub": "alice", "tenant_id": "acme", "roles": ["reader", "admin"], "exp": NOW + 300.0, "iat": NOW - 10.0})
+    }
+
+    struct Fixture {
+        keys: Vec<SigningKey>,
+        set: KeySet,
+    }
+
+    fn fixture() -> Fixture {
+        let keys = vec![
+            SigningKey::generate(Algorithm::ES256, "es"),
+            SigningKey::generate(Algorithm::RS256, "rs"),
+            SigningKey::generate(Algorithm::EdDSA, "ed"),
+        ];
+        let jwks = json!({"keys": keys.iter().map(SigningKey::jwk).collect::<Vec<_>>()});
+        let (set, _) = KeySet::from_jwks(jwks.to_string().as_bytes()).unwrap();
+        Fixture { keys, set }
+    }
+
+    fn check_with(f: &Fixture, token: &str, r: &IssuerConfig) -> Result<Identity, TokenError> {
+        let u = Unverified::parse(token, 8192)?;
+        u.verify(&f.set, r, &Arc::from("iam"), NOW)
+    }
+
+    fn check(f: &Fixture, token: &str) -> Result<Identity, TokenError> {
+        check_with(f, token, &rules())
+    }
+
+    fn with(mut c: Value, key: &str, v: Value) -> Value {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(key);
+        } else {
+            c[key] = v;
+        }
+        c
+    }
+
+    #[test]
+    fn each_algorithm_verifies() {
+        let f = fixture();
+        for key in &f.keys {
+            let id =
+                check(&f, &key.mint(&claims())).unwrap_or_else(|e| panic!("{:?}: {e}", key.alg));
+            assert_eq!(id.user_id.as_deref(), Some("alice"));
+            assert_eq!(id.tenant_id.as_deref(), Some("acme"));
+            assert_eq!(id.roles_header().as_deref(), Some("reader,admin"));
+            assert_eq!(&*id.issuer, "iam");
+        }
+    }
+
+    #[test]
+    fn claim_rejections() {
+        let f = fixture();
+        let es = &f.keys[0];
+        use TokenError::*;
+        let cases: Vec<(&str, Value, TokenError)> = vec![
+            ("expired", with(claims(), "exp", json!(NOW - 31.0)), Expired),
+            (
+                "exp exactly at leeway edge",
+                with(claims(), "exp", json!(NOW - 30.0)),
+                Expired,
+            ),
+            (
+                "no exp",
+                with(claims(), "exp", Value::Null),
+                MissingClaim("exp"),
+            ),
+            (
+                "exp as string",
+                with(claims(), "exp", json!("1800000300")),
+                ClaimType("exp"),
+            ),
+            (
+                "exp 1e300",
+                with(claims(), "exp", json!(1e300)),
+                ClaimType("exp"),
+            ),
+            (
+                "exp negative",
+                with(claims(), "exp", json!(-1)),
+                ClaimType("exp"),
+            ),
+            (
+                "exp bool",
+                with(claims(), "exp", json!(true)),
+                ClaimType("exp"),
+            ),
+            (
+                "nbf future",
+                with(claims(), "nbf", json!(NOW + 31.0)),
+                NotYetValid,
+            ),
+            (
+                "nbf string",
+                with(claims(), "nbf", json!("0")),
+                ClaimType("nbf"),
+            ),
+            (
+                "iat future",
+                with(claims(), "iat", json!(NOW + 31.0)),
+                IssuedInFuture,
+            ),
+            (
+                "iat huge",
+                with(claims(), "iat", json!(1e20)),
+                ClaimType("iat"),
+            ),
+            (
+                "wrong iss",
+                with(claims(), "iss", json!("https://evil.example.com")),
+                Issuer,
+            ),
+            (
+                "no aud",
+                with(claims(), "aud", Value::Null),
+                MissingClaim("aud"),
+            ),
+            ("wrong aud", with(claims(), "aud", json!("nope")), Audience),
+            (
+                "aud array without ours",
+                with(claims(), "aud", json!(["a", "b"])),
+                Audience,
+            ),
+            (
+                "aud empty array",
+                with(claims(), "aud", json!([])),
+                Audience,
+            ),
+            (
+                "aud number",
+                with(claims(), "aud", json!(5)),
+                ClaimType("aud"),
+            ),
+            (
+                "aud array with number",
+                with(claims(), "aud", json!(["api", 5])),
+                ClaimType("aud"),
+            ),
+            (
+                "sub number",
+                with(claims(), "sub", json!(42)),
+                ClaimType("sub"),
+            ),
+            (
+                "tenant object",
+                with(claims(), "tenant_id", json!({"a": 1})),
+                ClaimType("tenant_id"),
+            ),
+            (
+                "roles number",
+                with(claims(), "roles", json!(7)),
+                ClaimType("roles"),
+            ),
+            (
+                "roles with number",
+                with(claims(), "roles", json!(["a", 7])),
+                ClaimType("roles"),
+            ),
+            (
+                "role with comma",
+                with(claims(), "roles", json!(["a,b"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "role with newline",
+                with(claims(), "roles", json!(["a\nb"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "sub with CRLF",
+                with(claims(), "sub", json!("alice\r\nx-user-roles: admin")),
+                UnsafeClaim("user_id"),
+            ),
+            (
+                "sub non-ascii",
+                with(claims(), "sub", json!("álice")),
+                UnsafeClaim("user_id"),
+            ),
+            (
+                "sub too long",
+                with(claims(), "sub", json!("a".repeat(1025))),
+                UnsafeClaim("user_id"),
+            ),
+            (
+                "sub empty",
+                with(claims(), "sub", json!("")),
+                UnsafeClaim("user_id"),
+            ),
+            (
+                "tenant leading space",
+                with(claims(), "tenant_id", json!(" acme")),
+                UnsafeClaim("tenant_id"),
+            ),
+            (
+                "roles too long joined",
+                with(
+                    claims(),
+                    "roles",
+                    json!((0..120).map(|i| format!("role-{i:04}")).collect::<Vec<_>>()),
+                ),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "realm_access not object",
+                with(claims(), "realm_access", json!("x")),
+                ClaimType("roles"),
+            ),
+        ];
+        for (name, c, want) in cases {
+            assert_eq!(check(&f, &es.mint(&c)), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn leeway_boundaries_accept() {
+        let f = fixture();
+        let es = &f.keys[0];
+        for (name, c) in [
+            (
+                "exp within leeway",
+                with(claims(), "exp", json!(NOW - 29.0)),
+            ),
+            (
+                "nbf within leeway",
+                with(claims(), "nbf", json!(NOW + 29.0)),
+            ),
+            (
+                "iat within leeway",
+                with(claims(), "iat", json!(NOW + 30.0)),
+            ),
+            ("fractional exp", with(claims(), "exp", json!(NOW + 0.5))),
+            (
+                "aud array with ours",
+                with(claims(), "aud", json!(["x", "other"])),
+            ),
+            (
+                "no sub, tenant or roles",
+                json!({"iss": ISS, "aud": "api", "exp": NOW + 60.0}),
+            ),
+        ] {
+            assert!(check(&f, &es.mint(&c)).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn roles_from_several_paths_in_order_without_duplicates() {
+        let f = fixture();
+        let c = json!({"iss": ISS, "aud": "api", "exp": NOW + 60.0,
+            "roles": ["b", "a"], "scope": "read  write a", "realm_access": {"roles": ["z", "b"]}});
+        let id = check(&f, &f.keys[0].mint(&c)).unwrap();
+        assert_eq!(id.roles_header().as_deref(), Some("b,a,read,write,z"));
+        let empty = check(&f, &f.keys[0].mint(&with(c, "roles", json!([])))).unwrap();
+        assert_eq!(empty.roles_header().as_deref(), Some("read,write,a,z,b"));
+        let none = check(
+            &f,
+            &f.keys[0].mint(&with(
+                with(with(claims(), "roles", Value::Null), "scope", Value::Null),
+                "realm_access",
+                Value::Null,
+            )),
+        )
+        .unwrap();
+        assert_eq!(none.roles_header(), None);
+    }
+
+    #[test]
+    fn header_rejections() {
+        let f = fixture();
+        let es = &f.keys[0];
+        let p = claims().to_string();
+        use TokenError::*;
+        let cases: Vec<(&str, String, TokenError)> = vec![
+            (
+                "alg none",
+                es.sign_raw(r#"{"alg":"none","kid":"es"}"#, &p),
+                Algorithm,
+            ),
+            (
+                "alg HS256",
+                es.sign_raw(r#"{"alg":"HS256","kid":"es"}"#, &p),
+                Algorithm,
+            ),
+            (
+                "alg not in allowlist",
+                es.sign_raw(r#"{"alg":"ES384","kid":"es"}"#, &p),
+                Algorithm,
+            ),
+            (
+                "alg missing",
+                es.sign_raw(r#"{"kid":"es"}"#, &p),
+                Header("alg is missing"),
+            ),
+            (
+                "alg number",
+                es.sign_raw(r#"{"alg":1,"kid":"es"}"#, &p),
+                Header("alg is not a string"),
+            ),
+            (
+                "kid number",
+                es.sign_raw(r#"{"alg":"ES256","kid":1}"#, &p),
+                Header("kid is not a string"),
+            ),
+            (
+                "crit",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es","crit":["exp"],"exp":1}"#, &p),
+                Crit,
+            ),
+            (
+                "crit empty",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es","crit":[]}"#, &p),
+                Crit,
+            ),
+            (
+                "b64 false",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es","b64":false}"#, &p),
+                Crit,
+            ),
+            (
+                "dup header",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es","kid":"rs"}"#, &p),
+                DuplicateMember,
+            ),
+            (
+                "dup payload",
+                es.sign_raw(
+                    r#"{"alg":"ES256","kid":"es"}"#,
+                    &format!(r#"{{"sub":"a","sub":"b",{}"#, &p[1..]),
+                ),
+                DuplicateMember,
+            ),
+            (
+                "dup nested",
+                es.sign_raw(
+                    r#"{"alg":"ES256","kid":"es"}"#,
+                    &format!(r#"{{"x":{{"a":1,"a":2}},{}"#, &p[1..]),
+                ),
+                DuplicateMember,
+            ),
+            (
+                "unknown kid",
+                es.sign_raw(r#"{"alg":"ES256","kid":"gone"}"#, &p),
+                UnknownKid,
+            ),
+            (
+                "RS256 against EC key",
+                es.sign_raw(r#"{"alg":"RS256","kid":"es"}"#, &p),
+                KeyMismatch,
+            ),
+            (
+                "PS256 against RS256-only key",
+                f.keys[1].sign_raw(r#"{"alg":"PS256","kid":"rs"}"#, &p),
+                KeyMismatch,
+            ),
+            (
+                "signed by another key",
+                SigningKey::generate(jsonwebtoken::Algorithm::ES256, "es")
+                    .sign_raw(r#"{"alg":"ES256","kid":"es"}"#, &p),
+                Signature,
+            ),
+            (
+                "payload not object",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es"}"#, "[1]"),
+                Malformed("header or payload is not a JSON object"),
+            ),
+            (
+                "payload trailing",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es"}"#, &format!("{p} x")),
+                Malformed("trailing data after JSON"),
+            ),
+            (
+                "payload not json",
+                es.sign_raw(r#"{"alg":"ES256","kid":"es"}"#, "nope"),
+                Malformed("invalid JSON"),
+            ),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(check(&f, &token), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn jku_and_embedded_jwk_are_ignored() {
+        let f = fixture();
+        let attacker = SigningKey::generate(Algorithm::ES256, "es");
+        let header = json!({"alg": "ES256", "kid": "es", "jku": "http://127.0.0.1:1/evil", "jwk": attacker.jwk()});
+        let token = attacker.sign_raw(&header.to_string(), &claims().to_string());
+        assert_eq!(check(&f, &token), Err(TokenError::Signature));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let f = fixture();
+        let token = f.keys[0].mint(&claims());
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged =
+            URL_SAFE_NO_PAD.encode(with(claims(), "roles", json!(["admin", "root"])).to_string());
+        parts[1] = &forged;
+        assert_eq!(check(&f, &parts.join(".")), Err(TokenError::Signature));
+        // Flipping the signature's last character.
+        let mut bad = token.clone();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(check(&f, &bad), Err(TokenError::Signature));
+    }
+
+    #[test]
+    fn malformed_and_oversized() {
+        let f = fixture();
+        let token = f.keys[0].mint(&claims());
+        use TokenError::*;
+        let cases: Vec<(String, TokenError)> = vec![
+            ("".into(), Malformed("expected three dot-separated parts")),
+            (
+                "a.b".into(),
+                Malformed("expected three dot-separated parts"),
+            ),
+            (
+                "a.b.c.d".into(),
+                Malformed("expected three dot-separated parts"),
+            ),
+            (
+                format!("{token}."),
+                Malformed("expected three dot-separated parts"),
+            ),
+            ("..".into(), Malformed("empty part")),
+            (
+                token.replacen('.', ".=", 1),
+                Malformed("characters outside base64url"),
+            ),
+            (
+                format!("{token}=="),
+                Malformed("characters outside base64url"),
+            ),
+            ("e30.e30.AAAA".into(), Header("alg is missing")),
+            (
+                "!!!.e30.AAAA".into(),
+                Malformed("characters outside base64url"),
+            ),
+            ("eyJ.e30.AAAA".into(), Malformed("invalid base64url")),
+            ("x".repeat(9000), TooLarge(8192)),
+        ];
+        for (token, want) in cases {
+            assert_eq!(check(&f, &token).map(|_| ()), Err(want), "{token:.40}");
+        }
+    }
+
+    #[test]
+    fn typ_allowlist() {
+        let f = fixture();
+        let es = &f.keys[0];
+        let mut r = rules();
+        r.token_types = vec!["at+jwt".into()];
+        let p = claims().to_string();
+        let t = |typ: &str| {
+            es.sign_raw(
+                &format!(r#"{{"alg":"ES256","kid":"es","typ":"{typ}"}}"#),
+                &p,
+            )
+        };
+        assert!(check_with(&f, &t("at+jwt"), &r).is_ok());
+        assert!(check_with(&f, &t("AT+JWT"), &r).is_ok());
+        assert!(check_with(&f, &t("application/at+jwt"), &r).is_ok());
+        assert_eq!(check_with(&f, &t("JWT"), &r), Err(TokenError::Type));
+        assert_eq!(
+            check_with(&f, &es.sign_raw(r#"{"alg":"ES256","kid":"es"}"#, &p), &r),
+            Err(TokenError::Type)
+        );
+        // Without an allowlist, any typ passes.
+        assert!(check(&f, &t("whatever")).is_ok());
+    }
+
+    #[test]
+    fn token_without_kid_needs_exactly_one_usable_key() {
+        let f = fixture();
+        let p = claims().to_string();
+        assert!(check(&f, &f.keys[0].sign_raw(r#"{"alg":"ES256"}"#, &p)).is_ok());
+        let two = [
+            SigningKey::generate(Algorithm::ES256, "a"),
+            SigningKey::generate(Algorithm::ES256, "b"),
+        ];
+        let (set, _) = KeySet::from_jwks(
+            json!({"keys": [two[0].jwk(), two[1].jwk()]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        let u_token = two[0].sign_raw(r#"{"alg":"ES256"}"#, &p);
+        let u = Unverified::parse(&u_token, 8192).unwrap();
+        assert_eq!(
+            u.verify(&set, &rules(), &Arc::from("iam"), NOW),
+            Err(TokenError::AmbiguousKey)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "[A-Za-z0-9_.=-]{0,200}") {
+            let _ = Unverified::parse(&s, 8192);
+        }
+
+        #[test]
+        fn arbitrary_payload_never_panics_and_is_never_accepted_unsigned(payload in "\\PC{0,100}") {
+            let f = fixture_light();
+            let token = format!("{}.{}.AAAA", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#), URL_SAFE_NO_PAD.encode(&payload));
+            if let Ok(u) = Unverified::parse(&token, 8192) {
+                proptest::prop_assert!(u.verify(&f, &rules(), &Arc::from("iam"), NOW).is_err());
+            }
+        }
+    }
+
+    fn fixture_light() -> KeySet {
+        let k = SigningKey::generate(Algorithm::ES256, "es");
+        KeySet::from_jwks(json!({"keys": [k.jwk()]}).to_string().as_bytes())
+            .unwrap()
+            .0
+    }
+}

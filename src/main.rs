@@ -1,5 +1,6 @@
 //! `citadel-authz` binary: parse the CLI, load config, start telemetry, run the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -182,7 +183,10 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
             config.issuers.clear();
         }
         config.issuers.push(issuer.issuer_config());
-        println!("{}", dev::banner(&issuer, listeners.grpc_addr(), http));
+        // Best effort: a closed stdout (piped into `head`) must not stop the server.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", dev::banner(&issuer, listeners.grpc_addr(), http))
+            .and_then(|()| out.flush());
         let options = Options {
             extra_routes: Some(Arc::new(issuer).routes()),
         };

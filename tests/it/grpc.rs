@@ -159,7 +159,16 @@ async fn decision_table() {
 
     let realm = "Bearer realm=\"citadel\"";
     // (method, path, authorization, status, gRPC code, body error, www-authenticate prefix)
-    let cases: Vec<(&str, &str, Option<String>, u16, i32, &str, Option<&str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<String>,
+        u16,
+        i32,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/orders/1",

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one module per area. Everything runs for real on loopback.
 
+// Test code: a failed unwrap is a failed test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 mod dev;

@@ -42,10 +42,23 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # --- OpenID provider (npm) ---------------------------------------------------------------------
-if [ -f "$root/tests/idp/package-lock.json" ]; then
-  if [ ! -d "$root/tests/idp/node_modules/oidc-provider" ]; then
-    say "installing oidc-provider (npm ci in tests/idp)"
-    (cd "$root/tests/idp" && npm ci --silent --no-audit --no-fund >/dev/null)
-  fi
+# Required: the Envoy end-to-end tests (tests/it/envoy.rs) get their tokens from it. Exact
+# versions come from tests/idp/package-lock.json; reinstalled when the pinned version changes.
+idp="$root/tests/idp"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  say "node (>= 20.19) and npm are required for the OpenID provider in tests/idp"; exit 1
 fi
-say "ok: $("$tools/bin/envoy" --version | grep -o 'version: [^ ]*' | head -n 1), nginx $(nginx -v 2>&1 | grep -o '[0-9.]*$'), caddy $(caddy version | cut -d' ' -f1)"
+if [ ! -f "$idp/package-lock.json" ]; then
+  say "tests/idp/package-lock.json is missing"; exit 1
+fi
+idp_version() { node -e 'try { console.log(require(process.argv[1]).version) } catch { console.log("") }' "$1"; }
+want=$(node -e 'console.log(require(process.argv[1]).dependencies["oidc-provider"])' "$idp/package.json")
+if [ "$(idp_version "$idp/node_modules/oidc-provider/package.json")" != "$want" ]; then
+  say "installing oidc-provider $want (npm ci in tests/idp)"
+  (cd "$idp" && npm ci --silent --no-audit --no-fund >/dev/null)
+fi
+have=$(idp_version "$idp/node_modules/oidc-provider/package.json")
+if [ "$have" != "$want" ]; then
+  say "oidc-provider $want expected in tests/idp/node_modules, found '${have}'"; exit 1
+fi
+say "ok: $("$tools/bin/envoy" --version | grep -o 'version: [^ ]*' | head -n 1), nginx $(nginx -v 2>&1 | grep -o '[0-9.]*$'), caddy $(caddy version | cut -d' ' -f1), oidc-provider $have"

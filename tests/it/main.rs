@@ -8,3 +8,4 @@ mod support;
 mod dev;
 mod grpc;
 mod jwks;
+mod envoy;

@@ -9,3 +9,4 @@ mod dev;
 mod grpc;
 mod jwks;
 mod envoy;
+mod gateways;

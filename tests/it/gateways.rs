@@ -636,8 +636,18 @@ fn system_bin(name: &str, env: &str) -> PathBuf {
 
 struct Gateway {
     addr: SocketAddr,
-    _child: ChildGuard,
+    child: ChildGuard,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    /// SIGTERM first, then ChildGuard's SIGKILL: a SIGKILLed nginx master leaves its worker
+    /// processes running (and listening) with no parent; on SIGTERM it stops them itself.
+    fn drop(&mut self) {
+        if self.child.terminate(Duration::from_secs(10)).is_none() {
+            eprintln!("{} did not stop on SIGTERM within 10s", self.child.name);
+        }
+    }
 }
 
 /// Start `gw` listening on a free port, proxying to `upstream` and asking `authz_http`.
@@ -733,7 +743,7 @@ async fn start_gateway(gw: Gw, authz_http: SocketAddr, upstream: SocketAddr) -> 
     wait_port(addr, &format!("{gw:?} listening on {addr}")).await;
     Gateway {
         addr,
-        _child: child,
+        child,
         _dir: dir,
     }
 }

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
+use crate::cache::TokenCache;
 use crate::config::{Config, IssuerConfig};
 use crate::decision::{Decision, Denial};
 use crate::jwks::{IssuerKeys, Refetch};
@@ -55,9 +56,12 @@ pub struct Issuer {
 }
 
 /// A configuration in force: compiled policy plus issuers with their key stores.
+/// The verified-token cache is per runtime: a reload starts empty, so no verdict reached under
+/// an old configuration applies to a new one.
 pub struct Runtime {
     pub config: Config,
     pub issuers: Vec<Issuer>,
+    pub cache: TokenCache,
 }
 
 impl Runtime {
@@ -72,11 +76,12 @@ impl Runtime {
                 keys: keys_for(c),
             })
             .collect();
-        Runtime { config, issuers }
-    }
-
-    fn issuer_by_iss(&self, iss: &str) -> Option<&Issuer> {
-        self.issuers.iter().find(|i| i.config.issuer == iss)
+        let cache = TokenCache::new(config.token_cache.capacity, config.token_cache.max_ttl);
+        Runtime {
+            config,
+            issuers,
+            cache,
+        }
     }
 
     /// Ready when every issuer has a usable key set; otherwise the first reason it is not.
@@ -181,30 +186,70 @@ fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
     Ok(token)
 }
 
-async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Identity, Denial> {
-    let invalid = Denial::InvalidToken;
-    let unverified = Unverified::parse(token, rt.config.max_token_bytes).map_err(invalid)?;
-    let issuer = unverified
-        .issuer()
-        .and_then(|iss| rt.issuer_by_iss(iss))
-        .ok_or(Denial::InvalidToken(TokenError::Issuer))?;
-    unverified.precheck(&issuer.config).map_err(invalid)?;
-    let unavailable = || Denial::KeysUnavailable {
+fn unavailable(issuer: &Issuer) -> Denial {
+    Denial::KeysUnavailable {
         issuer: Arc::clone(&issuer.name),
         retry_after_secs: issuer.keys.retry_after_secs(),
-    };
-    let loaded = issuer.keys.current().ok_or_else(unavailable)?;
-    match unverified.verify(&loaded.keys, &issuer.config, &issuer.name, now) {
-        Err(TokenError::UnknownKid) => {}
-        other => return other.map_err(invalid),
     }
-    match issuer.keys.refetch_for_unknown_kid().await {
-        Refetch::Fetched(fresh) => unverified
-            .verify(&fresh.keys, &issuer.config, &issuer.name, now)
-            .map_err(invalid),
-        Refetch::Cooldown { last_ok: true } => Err(invalid(TokenError::UnknownKid)),
-        Refetch::Failed | Refetch::Cooldown { last_ok: false } => Err(unavailable()),
+}
+
+async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, Denial> {
+    let invalid = Denial::InvalidToken;
+    if token.len() > rt.config.max_token_bytes {
+        return Err(invalid(TokenError::TooLarge(rt.config.max_token_bytes)));
     }
+    let hash = rt.cache.enabled().then(|| TokenCache::hash(token));
+    if let Some(hash) = &hash
+        && let Some(hit) = rt.cache.get(hash, now)
+    {
+        let issuer = &rt.issuers[hit.issuer_index];
+        // The cache never bypasses key availability (max_stale → 503) nor outlives its key.
+        let loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
+        if loaded.keys.has_fingerprint(hit.key_fingerprint) {
+            return Ok(Arc::clone(&hit.identity));
+        }
+        rt.cache.remove(hash);
+    }
+
+    let unverified = Unverified::parse(token, rt.config.max_token_bytes).map_err(invalid)?;
+    let (index, issuer) = unverified
+        .issuer()
+        .and_then(|iss| {
+            rt.issuers
+                .iter()
+                .enumerate()
+                .find(|(_, i)| i.config.issuer == iss)
+        })
+        .ok_or(Denial::InvalidToken(TokenError::Issuer))?;
+    unverified.precheck(&issuer.config).map_err(invalid)?;
+    let mut loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
+    if let Err(TokenError::UnknownKid) = unverified.select_key(&loaded.keys) {
+        loaded = match issuer.keys.refetch_for_unknown_kid().await {
+            Refetch::Fetched(fresh) => fresh,
+            Refetch::Cooldown { last_ok: true } => return Err(invalid(TokenError::UnknownKid)),
+            Refetch::Failed | Refetch::Cooldown { last_ok: false } => {
+                return Err(unavailable(issuer));
+            }
+        };
+    }
+    let key = unverified.select_key(&loaded.keys).map_err(invalid)?;
+    let identity = Arc::new(
+        unverified
+            .verify_with(key, &issuer.config, &issuer.name, now)
+            .map_err(invalid)?,
+    );
+    if let Some(hash) = hash {
+        let valid_until = identity.expires_at + issuer.config.leeway.as_secs_f64();
+        rt.cache.insert(
+            hash,
+            Arc::clone(&identity),
+            index,
+            key.fingerprint,
+            valid_until,
+            now,
+        );
+    }
+    Ok(identity)
 }
 
 #[cfg(test)]

@@ -85,7 +85,18 @@ struct RawConfig {
     #[serde(default)]
     forward_auth: RawForwardAuth,
     #[serde(default)]
+    token_cache: RawTokenCache,
+    #[serde(default)]
     policy: Option<RawPolicyRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenCache {
+    #[serde(default)]
+    capacity: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    max_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +268,13 @@ pub struct JwksTiming {
     pub fetch_timeout: Duration,
 }
 
+/// Verified-token cache settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCacheConfig {
+    pub capacity: u64,
+    pub max_ttl: Duration,
+}
+
 /// Names of the identity headers sent upstream (lower case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderNames {
@@ -275,6 +293,8 @@ pub struct Config {
     pub headers: HeaderNames,
     pub max_token_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// Verified-token cache: entries (0 = off) and the longest an entry lives.
+    pub token_cache: TokenCacheConfig,
     pub policy: Policy,
     /// The policy file, when the policy is not inline (watched for reload).
     pub policy_file: Option<PathBuf>,
@@ -374,6 +394,20 @@ impl Config {
             }
         }
 
+        let token_cache = TokenCacheConfig {
+            capacity: raw.token_cache.capacity.unwrap_or(100_000),
+            max_ttl: raw.token_cache.max_ttl.unwrap_or(Duration::from_secs(300)),
+        };
+        if token_cache.capacity > 10_000_000 {
+            issues.push("token_cache.capacity", "must be at most 10000000");
+        }
+        if token_cache.max_ttl.is_zero() && token_cache.capacity > 0 {
+            issues.push(
+                "token_cache.max_ttl",
+                "must be greater than 0 (set capacity: 0 to disable the cache)",
+            );
+        }
+
         let issuer_names: Vec<String> = issuers.iter().map(|i| i.name.clone()).collect();
         let (policy, policy_file) = match raw.policy {
             None => {
@@ -438,6 +472,7 @@ impl Config {
                 headers,
                 max_token_bytes,
                 trusted_proxies,
+                token_cache,
                 policy,
                 policy_file,
             }),

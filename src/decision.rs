@@ -15,7 +15,7 @@ pub enum Decision {
     Allow {
         rule: Arc<str>,
         /// `None` on public routes: every identity header is removed, none set.
-        identity: Option<Identity>,
+        identity: Option<Arc<Identity>>,
     },
     Deny {
         /// The matched rule, when the denial came after matching.

@@ -99,7 +99,7 @@ fn header_text(h: &HeaderValue) -> &str {
 pub fn to_check_response(decision: &Decision, config: &crate::config::Config) -> CheckResponse {
     match decision {
         Decision::Allow { identity, .. } => {
-            let h = identity_headers(identity.as_ref(), &config.headers);
+            let h = identity_headers(identity.as_deref(), &config.headers);
             CheckResponse {
                 status: Some(rpc::Status {
                     code: 0,

@@ -186,7 +186,7 @@ fn render(decision: &Decision, config: &crate::config::Config) -> Response {
     match decision {
         Decision::Allow { identity, .. } => {
             let mut resp = Response::new(Body::empty());
-            for (name, value) in identity_headers(identity.as_ref(), &config.headers).set {
+            for (name, value) in identity_headers(identity.as_deref(), &config.headers).set {
                 if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
                     resp.headers_mut().insert(n, v);
                 }

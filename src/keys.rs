@@ -98,6 +98,11 @@ impl KeySet {
         &self.keys
     }
 
+    /// Whether the key with this fingerprint is still in the set.
+    pub fn has_fingerprint(&self, fingerprint: u64) -> bool {
+        self.keys.iter().any(|k| k.fingerprint == fingerprint)
+    }
+
     pub fn select(&self, kid: Option<&str>, alg: Algorithm) -> Selection<'_> {
         match kid {
             Some(kid) => {

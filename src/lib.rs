@@ -13,6 +13,7 @@
 //! [`http`] (adapters), [`server`] (listeners, lifecycle), [`dev`] (the demo issuer).
 
 pub mod authorizer;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod decision;

@@ -201,13 +201,18 @@ impl<'t> Unverified<'t> {
         now: f64,
     ) -> Result<Identity, TokenError> {
         self.precheck(rules)?;
-        let key = match keys.select(self.kid.as_deref(), self.alg) {
-            Selection::Found(key) => key,
-            Selection::UnknownKid => return Err(TokenError::UnknownKid),
-            Selection::AlgMismatch => return Err(TokenError::KeyMismatch),
-            Selection::Ambiguous => return Err(TokenError::AmbiguousKey),
-        };
+        let key = self.select_key(keys)?;
         self.verify_with(key, rules, issuer_name, now)
+    }
+
+    /// The one key this token may be verified with.
+    pub fn select_key<'k>(&self, keys: &'k KeySet) -> Result<&'k Key, TokenError> {
+        match keys.select(self.kid.as_deref(), self.alg) {
+            Selection::Found(key) => Ok(key),
+            Selection::UnknownKid => Err(TokenError::UnknownKid),
+            Selection::AlgMismatch => Err(TokenError::KeyMismatch),
+            Selection::Ambiguous => Err(TokenError::AmbiguousKey),
+        }
     }
 
     /// Signature and claims against one chosen key.

@@ -1,0 +1,225 @@
+//! The verified-token cache: token → identity, so a token seen before skips signature and claim
+//! checks. Policy is still evaluated on every request; only verification is cached.
+//!
+//! Bounded (`token_cache.capacity`), keyed by SHA-256 of the whole token (so two tokens can never
+//! share an entry and the cache holds 32 bytes per key, not the token), an entry's lifetime capped
+//! by the token's `exp` (+ leeway) and by `token_cache.max_ttl`. An entry remembers the
+//! fingerprint of the key that verified it: when a refresh removes that key, the entry is refused
+//! (and dropped) on its next use — a verdict never outlives its key.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use crate::token::Identity;
+
+/// SHA-256 of a token.
+pub type TokenHash = [u8; 32];
+
+/// A cached verification verdict.
+#[derive(Debug)]
+pub struct Verified {
+    pub identity: Arc<Identity>,
+    /// Index of the issuer in the runtime that verified it (the cache is cleared on reload).
+    pub issuer_index: usize,
+    pub key_fingerprint: u64,
+    /// Wall-clock deadline: `exp` + leeway, seconds since the epoch.
+    pub valid_until: f64,
+    /// How long the entry may live (min of time to `valid_until` and `max_ttl`).
+    ttl: Duration,
+}
+
+struct ByEntry;
+
+impl Expiry<TokenHash, Arc<Verified>> for ByEntry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Verified>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The cache and its counters.
+pub struct TokenCache {
+    inner: Option<moka::sync::Cache<TokenHash, Arc<Verified>>>,
+    max_ttl: Duration,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl TokenCache {
+    /// `capacity` 0 disables caching.
+    pub fn new(capacity: u64, max_ttl: Duration) -> Self {
+        let inner = (capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ByEntry)
+                .build()
+        });
+        TokenCache {
+            inner,
+            max_ttl,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn hash(token: &str) -> TokenHash {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    /// A live entry for this token, or `None` (counted as a miss).
+    pub fn get(&self, hash: &TokenHash, now: f64) -> Option<Arc<Verified>> {
+        let inner = self.inner.as_ref()?;
+        match inner.get(hash) {
+            Some(v) if now < v.valid_until => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(v)
+            }
+            Some(_) => {
+                inner.invalidate(hash);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Forget one entry (its key left the set).
+    pub fn remove(&self, hash: &TokenHash) {
+        if let Some(inner) = &self.inner {
+            inner.invalidate(hash);
+        }
+    }
+
+    pub fn insert(
+        &self,
+        hash: TokenHash,
+        identity: Arc<Identity>,
+        issuer_index: usize,
+        key_fingerprint: u64,
+        valid_until: f64,
+        now: f64,
+    ) {
+        let Some(inner) = &self.inner else { return };
+        let left = valid_until - now;
+        if !(left > 0.0) {
+            return;
+        }
+        let ttl = Duration::from_secs_f64(left.min(self.max_ttl.as_secs_f64()));
+        inner.insert(
+            hash,
+            Arc::new(Verified {
+                identity,
+                issuer_index,
+                key_fingerprint,
+                valid_until,
+                ttl,
+            }),
+        );
+    }
+
+    /// Drop everything (configuration reloaded: issuers or their rules may have changed).
+    pub fn clear(&self) {
+        if let Some(inner) = &self.inner {
+            inner.invalidate_all();
+        }
+    }
+
+    /// Entries currently held (approximate, for metrics).
+    pub fn len(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(sub: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            issuer: "iam".into(),
+            user_id: Some(sub.into()),
+            tenant_id: None,
+            roles: vec![],
+            expires_at: 0.0,
+        })
+    }
+
+    #[test]
+    fn hit_miss_and_expiry_by_exp() {
+        let c = TokenCache::new(100, Duration::from_secs(300));
+        let (a, b) = (TokenCache::hash("token-a"), TokenCache::hash("token-b"));
+        assert_ne!(a, b);
+        c.insert(a, identity("alice"), 0, 7, 1000.0, 900.0);
+        assert_eq!(
+            c.get(&a, 950.0).unwrap().identity.user_id.as_deref(),
+            Some("alice")
+        );
+        assert!(c.get(&b, 950.0).is_none(), "no cross-token mix-up");
+        assert!(c.get(&a, 1000.0).is_none(), "expired at exp + leeway");
+        assert!(c.get(&a, 950.0).is_none(), "an expired entry is dropped");
+        assert_eq!(c.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.misses.load(Ordering::Relaxed), 3);
+        // Already expired: not stored.
+        c.insert(b, identity("bob"), 0, 7, 10.0, 20.0);
+        assert!(c.get(&b, 5.0).is_none());
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let c = TokenCache::new(50, Duration::from_secs(300));
+        for i in 0..1000 {
+            c.insert(
+                TokenCache::hash(&format!("t{i}")),
+                identity("x"),
+                0,
+                1,
+                1e9,
+                0.0,
+            );
+        }
+        assert!(c.len() <= 50, "{}", c.len());
+    }
+
+    #[test]
+    fn max_ttl_caps_lifetime() {
+        let c = TokenCache::new(10, Duration::from_millis(50));
+        let h = TokenCache::hash("t");
+        c.insert(h, identity("x"), 0, 1, 1e12, 0.0);
+        assert!(c.get(&h, 1.0).is_some());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(c.get(&h, 1.0).is_none(), "max_ttl reached");
+    }
+
+    #[test]
+    fn disabled_cache_stores_nothing() {
+        let c = TokenCache::new(0, Duration::from_secs(300));
+        let h = TokenCache::hash("t");
+        c.insert(h, identity("x"), 0, 1, 1e12, 0.0);
+        assert!(c.get(&h, 1.0).is_none());
+        assert!(!c.enabled());
+    }
+}

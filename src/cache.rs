@@ -118,7 +118,7 @@ impl TokenCache {
     ) {
         let Some(inner) = &self.inner else { return };
         let left = valid_until - now;
-        if !(left > 0.0) {
+        if left.is_nan() || left <= 0.0 {
             return;
         }
         let ttl = Duration::from_secs_f64(left.min(self.max_ttl.as_secs_f64()));

@@ -759,8 +759,15 @@ struct Seen {
     retry_after: Vec<String>,
     /// The denial's JSON body, if it was JSON.
     denial: Option<Value>,
-    /// Allowed: method, target and headers as the upstream got them.
-    upstream: Option<(String, String, Vec<(String, String)>)>,
+    /// Allowed: what the upstream got.
+    upstream: Option<Upstream>,
+}
+
+/// A request as the echo upstream received it.
+struct Upstream {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
 }
 
 fn request_headers(authz: &Authz, case: &Case) -> Vec<(String, String)> {
@@ -813,11 +820,11 @@ async fn through_gateway(gw: &Gateway, authz: &Authz, case: &Case) -> Seen {
                     )
                 })
                 .collect();
-            (
-                e["method"].as_str().unwrap().to_owned(),
-                e["path"].as_str().unwrap().to_owned(),
+            Upstream {
+                method: e["method"].as_str().unwrap().to_owned(),
+                target: e["path"].as_str().unwrap().to_owned(),
                 headers,
-            )
+            }
         }),
         denial: if echo.is_some() { None } else { json },
     }
@@ -863,7 +870,11 @@ async fn through_grpc(authz: &Authz, case: &Case) -> Seen {
                 www: vec![],
                 retry_after: vec![],
                 denial: None,
-                upstream: Some((case.method.to_owned(), case.target.to_owned(), upstream)),
+                upstream: Some(Upstream {
+                    method: case.method.to_owned(),
+                    target: case.target.to_owned(),
+                    headers: upstream,
+                }),
             }
         }
         Some(HttpResponse::DeniedResponse(_)) => Seen {
@@ -903,7 +914,12 @@ fn judge(case: &Case, expect: Expect, seen: &Seen) -> Vec<String> {
                     seen.status, seen.denial
                 ));
             }
-            let Some((method, target, headers)) = &seen.upstream else {
+            let Some(Upstream {
+                method,
+                target,
+                headers,
+            }) = &seen.upstream
+            else {
                 problems.push("the upstream was not reached".to_owned());
                 return problems;
             };

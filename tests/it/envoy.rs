@@ -1214,3 +1214,343 @@ async fn dev_server_behind_envoy_dev_sample() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-upstream-saw-user-id"), None, "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deployment files (no docker daemon, no cluster on the build machines: checked statically).
+
+/// Every YAML document under `deploy/`, with the file it came from.
+fn deploy_documents() -> Vec<(String, serde_yaml_ng::Value)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo_file("deploy"), &mut files);
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(repo_file(""))
+            .unwrap()
+            .display()
+            .to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for de in serde_yaml_ng::Deserializer::from_str(&text) {
+            let doc = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(de)
+                .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            if !doc.is_null() {
+                docs.push((rel.clone(), doc));
+            }
+        }
+    }
+    docs
+}
+
+fn kind_of(doc: &serde_yaml_ng::Value) -> (&str, &str) {
+    (
+        doc["kind"].as_str().unwrap_or(""),
+        doc["metadata"]["name"].as_str().unwrap_or(""),
+    )
+}
+
+/// The Kubernetes and Istio files parse; the configs they embed pass `envoy --mode validate` and
+/// `citadel-authz check-config` and agree with the samples under `envoy/`; ports, probes, mounts
+/// and names line up.
+#[test]
+fn deploy_manifests_parse_and_embedded_configs_validate() {
+    let docs = deploy_documents();
+    for (file, doc) in &docs {
+        if file.starts_with("deploy/docker/") {
+            continue; // citadel-authz config, not a manifest (checked with the Dockerfile)
+        }
+        assert!(
+            doc["apiVersion"].is_string() && doc["kind"].is_string(),
+            "{file}: a document without apiVersion/kind: {doc:?}"
+        );
+    }
+    let find = |kind: &str, name: &str| -> &serde_yaml_ng::Value {
+        &docs
+            .iter()
+            .find(|(_, d)| kind_of(d) == (kind, name))
+            .unwrap_or_else(|| panic!("no {kind} {name} under deploy/"))
+            .1
+    };
+
+    // Every embedded config is valid.
+    let mut envoy_configs = 0;
+    let mut authz_configs = 0;
+    for (file, doc) in &docs {
+        if kind_of(doc).0 != "ConfigMap" {
+            continue;
+        }
+        let data = &doc["data"];
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = data["envoy.yaml"].as_str() {
+            let path = dir.path().join("envoy.yaml");
+            std::fs::write(&path, text).unwrap();
+            envoy_validate(&path);
+            envoy_configs += 1;
+        }
+        if let Some(text) = data["citadel-authz.yaml"].as_str() {
+            let policy = data["policy.yaml"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: citadel-authz.yaml without policy.yaml"));
+            std::fs::write(dir.path().join("citadel-authz.yaml"), text).unwrap();
+            std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+            check_config(&dir.path().join("citadel-authz.yaml"));
+            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(policy).unwrap();
+            assert_eq!(
+                parsed,
+                yaml_file("envoy/policy.yaml"),
+                "{file}: policy.yaml differs from envoy/policy.yaml"
+            );
+            authz_configs += 1;
+        }
+    }
+    assert!(
+        envoy_configs >= 1 && authz_configs >= 2,
+        "{envoy_configs} envoy, {authz_configs} citadel-authz configs"
+    );
+
+    // --- Kubernetes sidecar deployment -------------------------------------------------------
+    let envoy_cm = find("ConfigMap", "orders-api-envoy");
+    let authz_cm = find("ConfigMap", "orders-api-citadel-authz");
+    let k8s_envoy: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(envoy_cm["data"]["envoy.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        k8s_envoy,
+        yaml_file("envoy/envoy.yaml"),
+        "the ConfigMap's envoy.yaml is envoy/envoy.yaml"
+    );
+    let mut k8s_authz: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(authz_cm["data"]["citadel-authz.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        get(&k8s_authz, "listen.http").as_str(),
+        Some("0.0.0.0:9192"),
+        "probes reach the pod IP"
+    );
+    let mut sample = yaml_file("envoy/citadel-authz.yaml");
+    k8s_authz["listen"]["http"] = serde_yaml_ng::Value::Null;
+    sample["listen"]["http"] = serde_yaml_ng::Value::Null;
+    assert_eq!(
+        k8s_authz, sample,
+        "the ConfigMap's citadel-authz.yaml is envoy/citadel-authz.yaml but for listen.http"
+    );
+
+    let deployment = find("Deployment", "orders-api");
+    let spec = get(deployment, "spec.template.spec");
+    let containers = spec["containers"].as_sequence().unwrap();
+    let container = |name: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    let authz = container("citadel-authz");
+    assert_eq!(
+        get(authz, "livenessProbe.httpGet.path").as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        get(authz, "livenessProbe.httpGet.port").as_u64(),
+        Some(9192)
+    );
+    assert_eq!(
+        get(authz, "readinessProbe.httpGet.path").as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        get(authz, "readinessProbe.httpGet.port").as_u64(),
+        Some(9192)
+    );
+    let ports: Vec<u64> = authz["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![9191, 9192]);
+    let envoy = container("envoy");
+    assert_eq!(
+        get(envoy, "ports.0.containerPort").as_u64(),
+        Some(10000),
+        "envoy.yaml's listener"
+    );
+    assert_eq!(
+        get(envoy, "readinessProbe.httpGet.path").as_str(),
+        Some("/envoy-health")
+    );
+    container("app");
+
+    // Each container's config file is where its ConfigMap is mounted.
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    let mounted = |c: &serde_yaml_ng::Value, file: &str| -> String {
+        let mount = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| file.starts_with(m["mountPath"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{file} is not under a volume mount of {:?}", c["name"]));
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let key = file
+            .strip_prefix(mount["mountPath"].as_str().unwrap())
+            .unwrap()
+            .trim_start_matches('/');
+        let cm = volume["configMap"]["name"].as_str().unwrap();
+        assert!(
+            find("ConfigMap", cm)["data"][key].is_string(),
+            "ConfigMap {cm} has no {key}"
+        );
+        cm.to_owned()
+    };
+    let arg_after = |c: &serde_yaml_ng::Value, flag: &str| -> String {
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let i = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+        args[i + 1].to_owned()
+    };
+    assert_eq!(
+        mounted(authz, &arg_after(authz, "--config")),
+        "orders-api-citadel-authz"
+    );
+    assert_eq!(mounted(envoy, &arg_after(envoy, "-c")), "orders-api-envoy");
+
+    let service = find("Service", "orders-api");
+    assert_eq!(
+        get(service, "spec.ports.0.targetPort").as_str(),
+        Some("http"),
+        "the Service reaches Envoy only"
+    );
+
+    // --- Istio --------------------------------------------------------------------------------
+    let mesh = find("IstioOperator", "citadel-authz");
+    let providers = get(mesh, "spec.meshConfig.extensionProviders")
+        .as_sequence()
+        .unwrap();
+    let policy = find("AuthorizationPolicy", "orders-api-citadel-authz");
+    assert_eq!(get(policy, "spec.action").as_str(), Some("CUSTOM"));
+    let provider_name = get(policy, "spec.provider.name").as_str().unwrap();
+    let provider = providers
+        .iter()
+        .find(|p| p["name"] == provider_name)
+        .expect("the policy's provider is in meshConfig");
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(grpc["port"].as_u64(), Some(9191));
+    assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    let svc = find("Service", "citadel-authz");
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        svc["metadata"]["name"].as_str().unwrap(),
+        svc["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(grpc["service"].as_str(), Some(host.as_str()));
+    assert_eq!(get(svc, "spec.ports.0.port").as_u64(), Some(9191));
+    let filter = find("EnvoyFilter", "orders-api-reject-underscore-headers");
+    assert_eq!(
+        get(filter, "spec.configPatches.0.patch.value.typed_config.common_http_protocol_options.headers_with_underscores_action")
+            .as_str(),
+        Some("REJECT_REQUEST")
+    );
+}
+
+/// The Dockerfile (not built here: no daemon): multi-stage, `--locked` release build, non-root,
+/// the two ports, and a default config that `check-config` accepts where the image puts it.
+#[test]
+fn dockerfile_is_multi_stage_non_root_and_ships_a_valid_config() {
+    let text = std::fs::read_to_string(repo_file("Dockerfile")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let with = |word: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(word))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert!(with("FROM ").len() >= 2, "multi-stage");
+    assert!(text.contains("cargo build --release --locked"));
+    let user = with("USER ");
+    assert!(
+        !user.is_empty()
+            && !user
+                .iter()
+                .any(|u| u.contains("root:") && !u.contains("nonroot")),
+        "{user:?}"
+    );
+    let expose: Vec<&str> = with("EXPOSE ")
+        .iter()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .collect();
+    assert!(
+        expose.contains(&"9191") && expose.contains(&"9192"),
+        "{expose:?}"
+    );
+    assert!(
+        with("ENTRYPOINT ")
+            .iter()
+            .any(|l| l.contains("citadel-authz"))
+    );
+
+    // COPY from the build context: the sources exist; assemble what lands in /etc/citadel-authz.
+    let dir = tempfile::tempdir().unwrap();
+    for l in with("COPY ") {
+        let parts: Vec<&str> = l.split_whitespace().skip(1).collect();
+        if parts.iter().any(|p| p.starts_with("--from")) || parts.contains(&".") {
+            continue;
+        }
+        let (src, dst) = (parts[0], parts[1]);
+        assert!(
+            repo_file(src).exists(),
+            "COPY {src}: no such file in the repository"
+        );
+        if let Some(name) = dst.strip_prefix("/etc/citadel-authz/") {
+            std::fs::copy(repo_file(src), dir.path().join(name)).unwrap();
+        }
+    }
+    let env = with("ENV CITADEL_AUTHZ_CONFIG=");
+    let configured = env[0].trim_start_matches("ENV CITADEL_AUTHZ_CONFIG=");
+    let name = configured.strip_prefix("/etc/citadel-authz/").unwrap();
+    assert!(
+        dir.path().join(name).exists(),
+        "CITADEL_AUTHZ_CONFIG={configured} is not copied into the image"
+    );
+    check_config(&dir.path().join(name));
+    let image_config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap();
+    assert_eq!(
+        get(&image_config, "listen.grpc").as_str(),
+        Some("0.0.0.0:9191"),
+        "reachable from outside the container"
+    );
+    assert_eq!(
+        get(&image_config, "listen.http").as_str(),
+        Some("0.0.0.0:9192")
+    );
+
+    // The build context leaves out what cargo does not need.
+    let ignore = std::fs::read_to_string(repo_file(".dockerignore")).unwrap();
+    for entry in ["target", ".tools", "node_modules"] {
+        assert!(
+            ignore
+                .lines()
+                .any(|l| l.trim().trim_start_matches("**/") == entry),
+            ".dockerignore lacks {entry}"
+        );
+    }
+}

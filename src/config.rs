@@ -109,6 +109,17 @@ struct RawListen {
     /// File mode of the gRPC unix socket, as an octal string (`"0660"`).
     #[serde(default)]
     grpc_socket_mode: Option<String>,
+    #[serde(default)]
+    grpc_tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +238,18 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     /// Mode of the gRPC unix socket file; `None` keeps the process umask.
     pub grpc_socket_mode: Option<u32>,
+    /// TLS (and with `client_ca`, mTLS) on the gRPC listener; files resolved against the config's
+    /// directory.
+    pub grpc_tls: Option<TlsFiles>,
+}
+
+/// Certificate files for the gRPC listener (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; `None` = no client certificate asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where an issuer's key set comes from.
@@ -336,7 +359,7 @@ impl Config {
     fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         let mut issues = Issues::default();
 
-        let listen = validate_listen(raw.listen, &mut issues);
+        let listen = validate_listen(raw.listen, base_dir, &mut issues);
         let realm = raw.realm.unwrap_or_else(|| "citadel".to_owned());
         if realm.is_empty()
             || !realm
@@ -569,12 +592,33 @@ impl Issues {
     }
 }
 
-fn validate_listen(raw: Option<RawListen>, issues: &mut Issues) -> Listen {
+fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues) -> Listen {
     // `listen` omitted: both listeners on their defaults. `listen` given without `http`: no HTTP.
-    let (grpc, http, mode) = match raw {
-        None => (None, Some(DEFAULT_HTTP.to_owned()), None),
-        Some(l) => (l.grpc, l.http, l.grpc_socket_mode),
+    let (grpc, http, mode, tls) = match raw {
+        None => (None, Some(DEFAULT_HTTP.to_owned()), None, None),
+        Some(l) => (l.grpc, l.http, l.grpc_socket_mode, l.grpc_tls),
     };
+    let grpc_tls = tls.map(|t| TlsFiles {
+        cert: base_dir.join(t.cert),
+        key: base_dir.join(t.key),
+        client_ca: t.client_ca.map(|c| base_dir.join(c)),
+    });
+    if let Some(t) = &grpc_tls {
+        for (field, path) in [
+            ("cert", Some(&t.cert)),
+            ("key", Some(&t.key)),
+            ("client_ca", t.client_ca.as_ref()),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                issues.push(
+                    format!("listen.grpc_tls.{field}"),
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+    }
     let grpc = grpc.unwrap_or_else(|| DEFAULT_GRPC.to_owned());
     let grpc = if let Some(path) = grpc.strip_prefix("unix:") {
         if path.is_empty() {
@@ -623,6 +667,7 @@ fn validate_listen(raw: Option<RawListen>, issues: &mut Issues) -> Listen {
         grpc,
         http,
         grpc_socket_mode,
+        grpc_tls,
     }
 }
 

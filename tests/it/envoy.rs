@@ -843,6 +843,11 @@ async fn path_normalisation_judges_the_path_the_upstream_receives() {
         assert_eq!(r.echo()["path"], "/api/admin/users", "{path}");
     }
 
+    // Encoded unreserved characters are decoded by Envoy: judged and forwarded decoded.
+    let r = s.envoy.get_with("/api/orders/%41", &reader).await;
+    assert_identity_from(&r, &reader);
+    assert_eq!(r.echo()["path"], "/api/orders/A");
+
     // Encoded `/` or `\` and NUL: Envoy answers 400 itself; nothing is forwarded.
     for path in [
         "/api/orders%2F1",

@@ -69,8 +69,17 @@ async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &s
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(req.as_bytes()).await?;
+        // Read until the response is complete, not until EOF: after an error response Envoy
+        // keeps the connection for its delayed-close timeout (1s).
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
+        let mut chunk = [0u8; 16384];
+        while !response_complete(&buf) {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
         Ok::<_, std::io::Error>(buf)
     };
     let raw = tokio::time::timeout(Duration::from_secs(15), io)
@@ -83,6 +92,30 @@ async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &s
             String::from_utf8_lossy(&raw)
         )
     })
+}
+
+/// Whether `raw` holds a whole response (by Content-Length or the last chunk); without either,
+/// the response ends at EOF.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if let Some(len) = length {
+        return body.len() >= len;
+    }
+    if head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 fn parse_reply(raw: &[u8]) -> Option<Reply> {
@@ -123,6 +156,15 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size + 2..)?;
     }
+}
+
+/// A loopback port where nothing listens and that nothing else can take while the socket lives
+/// (bound, never listening: connections are refused).
+fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 fn bearer(token: &str) -> String {
@@ -994,7 +1036,7 @@ async fn unreachable_jwks_is_503_with_retry_after_and_envoy_fails_closed() {
     let upstream = EchoUpstream::start().await;
 
     // First no citadel-authz at all: status_on_error, never the upstream.
-    let nobody = free_port();
+    let (_hold_nobody, nobody) = closed_port();
     let envoy = Envoy::start(
         "envoy/envoy.yaml",
         vec![
@@ -1014,7 +1056,7 @@ async fn unreachable_jwks_is_503_with_retry_after_and_envoy_fails_closed() {
     assert_eq!(r.status, 503, "even public routes fail closed: {r:?}");
     drop(envoy);
 
-    let down_port = free_port();
+    let (_hold_down, down_port) = closed_port();
     let down_issuer = format!("http://127.0.0.1:{down_port}");
     let extra = format!(
         "  - name: down\n    issuer: {down_issuer}\n    jwks_uri: {down_issuer}/jwks\n    audiences: [api]\n    algorithms: [ES256]\n"

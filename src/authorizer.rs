@@ -15,7 +15,9 @@ use crate::cache::TokenCache;
 use crate::config::{Config, IssuerConfig};
 use crate::decision::{Decision, Denial};
 use crate::jwks::{IssuerKeys, Refetch};
+use crate::metrics::Metrics;
 use crate::policy::{self, canonicalize};
+use crate::telemetry::{self, Protocol};
 use crate::token::{Identity, TokenError, Unverified};
 
 /// The `Authorization` header(s) of the original request.
@@ -62,11 +64,16 @@ pub struct Runtime {
     pub config: Config,
     pub issuers: Vec<Issuer>,
     pub cache: TokenCache,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// Pair each configured issuer with its key store (`keys_for` finds or creates one).
-    pub fn new(config: Config, mut keys_for: impl FnMut(&IssuerConfig) -> Arc<IssuerKeys>) -> Self {
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        mut keys_for: impl FnMut(&IssuerConfig) -> Arc<IssuerKeys>,
+    ) -> Self {
         let issuers = config
             .issuers
             .iter()
@@ -81,6 +88,7 @@ impl Runtime {
             config,
             issuers,
             cache,
+            metrics,
         }
     }
 
@@ -96,13 +104,50 @@ impl Runtime {
 /// The authorizer: the configuration in force, swappable at run time.
 pub struct Authorizer {
     runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    /// Set on shutdown: readiness and gRPC health report not serving while in-flight checks finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Authorizer {
     pub fn new(runtime: Runtime) -> Self {
         Authorizer {
+            metrics: Arc::clone(&runtime.metrics),
             runtime: ArcSwap::from_pointee(runtime),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Start draining: not ready from now on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ready: not draining and every issuer has a usable key set.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("shutting down".to_owned());
+        }
+        self.runtime().readiness()
+    }
+
+    /// Log and count one decision.
+    pub fn record(
+        &self,
+        protocol: Protocol,
+        decision: &Decision,
+        method: &str,
+        path: &str,
+        latency: std::time::Duration,
+    ) {
+        let log_allows = self.runtime.load().config.decision_log_allows;
+        telemetry::record_decision(protocol, decision, method, path, latency, log_allows);
+        self.metrics.record_decision(protocol, decision, latency);
     }
 
     /// The configuration in force (a snapshot; later swaps do not affect it).
@@ -200,7 +245,11 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
     }
     let hash = rt.cache.enabled().then(|| TokenCache::hash(token));
     if let Some(hash) = &hash
-        && let Some(hit) = rt.cache.get(hash, now)
+        && let Some(hit) = {
+            let hit = rt.cache.get(hash, now);
+            rt.metrics.record_cache(hit.is_some());
+            hit
+        }
     {
         let issuer = &rt.issuers[hit.issuer_index];
         // The cache never bypasses key availability (max_stale → 503) nor outlives its key.

@@ -87,7 +87,23 @@ struct RawConfig {
     #[serde(default)]
     token_cache: RawTokenCache,
     #[serde(default)]
+    decision_log: Option<DecisionLog>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_delay: Option<Duration>,
+    #[serde(default)]
     policy: Option<RawPolicyRef>,
+}
+
+/// Which decisions are logged (target `citadel_authz::decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DecisionLog {
+    /// Denials only (allows are usually too many).
+    Denials,
+    /// Every decision.
+    All,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,6 +334,12 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Verified-token cache: entries (0 = off) and the longest an entry lives.
     pub token_cache: TokenCacheConfig,
+    /// `decision_log: all` logs allows too (at info); default denials only.
+    pub decision_log_allows: bool,
+    /// How long in-flight checks may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Time between turning not-ready and closing the listeners (lets load balancers notice).
+    pub shutdown_delay: Duration,
     pub policy: Policy,
     /// The policy file, when the policy is not inline (watched for reload).
     pub policy_file: Option<PathBuf>,
@@ -496,6 +518,9 @@ impl Config {
                 max_token_bytes,
                 trusted_proxies,
                 token_cache,
+                decision_log_allows: raw.decision_log == Some(DecisionLog::All),
+                shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+                shutdown_delay: raw.shutdown_delay.unwrap_or(Duration::ZERO),
                 policy,
                 policy_file,
             }),

@@ -121,6 +121,40 @@ impl Denial {
     }
 }
 
+impl Denial {
+    /// A short, fixed code for metrics labels (bounded, unlike the reason text).
+    pub fn reason_code(&self) -> &'static str {
+        use crate::token::TokenError as T;
+        match self {
+            Denial::NoCredentials => "no_credentials",
+            Denial::InvalidToken(e) => match e {
+                T::TooLarge(_) => "too_large",
+                T::Malformed(_) | T::Header(_) => "malformed",
+                T::DuplicateMember => "duplicate_member",
+                T::Algorithm | T::KeyMismatch | T::AmbiguousKey => "algorithm_or_key",
+                T::Crit => "crit",
+                T::Type => "typ",
+                T::Issuer => "issuer",
+                T::UnknownKid => "unknown_kid",
+                T::Signature => "signature",
+                T::Expired => "expired",
+                T::NotYetValid | T::IssuedInFuture => "not_yet_valid",
+                T::MissingClaim(_) | T::ClaimType(_) | T::UnsafeClaim(_) => "claims",
+                T::Audience => "audience",
+            },
+            Denial::Policy(PolicyDenial::InsufficientScope) => "insufficient_scope",
+            Denial::Policy(PolicyDenial::TenantMismatch) => "tenant",
+            Denial::Policy(PolicyDenial::IssuerNotAllowed) => "issuer_not_allowed",
+            Denial::NoRule => "no_rule",
+            Denial::BadPath(_) => "path",
+            Denial::SeveralAuthorizations => "several_authorizations",
+            Denial::BadRequest(_) => "bad_request",
+            Denial::UntrustedPeer => "untrusted_peer",
+            Denial::KeysUnavailable { .. } => "keys_unavailable",
+        }
+    }
+}
+
 impl Decision {
     pub fn outcome(&self) -> Outcome {
         match self {

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authorizer::{AuthHeader, Authorizer, CheckInput};
 use crate::decision::{Decision, Denial, identity_headers, render_denial};
-use crate::telemetry::{self, Protocol};
+use crate::telemetry::Protocol;
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -81,7 +81,8 @@ impl Authorization for AuthzService {
                 )
             }
         };
-        telemetry::record_decision(Protocol::Grpc, &decision, method, path, started.elapsed());
+        self.authorizer
+            .record(Protocol::Grpc, &decision, method, path, started.elapsed());
         Ok(Response::new(to_check_response(&decision, &rt.config)))
     }
 }

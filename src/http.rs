@@ -19,7 +19,7 @@ use axum::routing::get;
 
 use crate::authorizer::{AuthHeader, Authorizer, CheckInput};
 use crate::decision::{Decision, Denial, identity_headers, render_denial};
-use crate::telemetry::{self, Protocol};
+use crate::telemetry::Protocol;
 
 /// Where gateways send forward-auth requests (ADR-0019).
 pub const CHECK_PATH: &str = "/api/iam/check-access";
@@ -34,6 +34,7 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
     let base = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(fallback)
         .with_state(state);
     match extra {
@@ -42,8 +43,20 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
     }
 }
 
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let body = state.authorizer.metrics().render(&state.authorizer);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<HttpState>) -> Response {
-    match state.authorizer.runtime().readiness() {
+    match state.authorizer.readiness() {
         Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "ready" })),
         Err(reason) => json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -121,7 +134,9 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
             )
         }
     };
-    telemetry::record_decision(Protocol::Http, &decision, &method, &path, started.elapsed());
+    state
+        .authorizer
+        .record(Protocol::Http, &decision, &method, &path, started.elapsed());
     render(&decision, &rt.config)
 }
 

@@ -82,6 +82,7 @@ pub struct IssuerKeys {
     current: ArcSwapOption<Loaded>,
     state: Mutex<FetchState>,
     pub counters: FetchCounters,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -110,7 +111,12 @@ pub fn http_client(timing: &JwksTiming) -> Result<reqwest::Client, ClientError> 
 }
 
 impl IssuerKeys {
-    pub fn new(issuer: &IssuerConfig, timing: JwksTiming, client: reqwest::Client) -> Self {
+    pub fn new(
+        issuer: &IssuerConfig,
+        timing: JwksTiming,
+        client: reqwest::Client,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         IssuerKeys {
             name: Arc::from(issuer.name.as_str()),
             issuer: issuer.issuer.clone(),
@@ -121,6 +127,7 @@ impl IssuerKeys {
             current: ArcSwapOption::empty(),
             state: Mutex::new(FetchState::default()),
             counters: FetchCounters::default(),
+            metrics,
         }
     }
 
@@ -218,6 +225,7 @@ impl IssuerKeys {
                 }
             }
             let result = result.map(|(loaded, _)| loaded);
+            this.metrics.record_fetch(&this.name, result.is_ok());
             match &result {
                 Ok(l) => {
                     this.counters
@@ -336,21 +344,25 @@ impl IssuerKeys {
 
     /// Keep the key set fresh until `stop` fires: refresh ahead of expiry, retry failures with
     /// backoff (first 500 ms, doubling, at most `refresh_min`).
-    pub async fn refresh_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn refresh_loop(this: std::sync::Weak<Self>, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_RETRY;
         loop {
-            let delay = match self.fetch().await {
+            // Held only while fetching: once no configuration uses this issuer (a reload removed
+            // or replaced it), the loop ends at its next wake-up.
+            let Some(me) = this.upgrade() else { return };
+            let delay = match me.fetch().await {
                 Ok(loaded) => {
                     backoff = FIRST_RETRY;
                     // Refresh at 90% of the lifetime so no check waits on an expired set.
                     (loaded.expires_at - loaded.fetched_at).mul_f64(0.9)
                 }
                 Err(_) => {
-                    let d = backoff.min(self.timing.refresh_min);
-                    backoff = (backoff * 2).min(self.timing.refresh_min);
+                    let d = backoff.min(me.timing.refresh_min);
+                    backoff = (backoff * 2).min(me.timing.refresh_min);
                     d
                 }
             };
+            drop(me);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.wait_for(|s| *s) => return,

@@ -22,10 +22,13 @@ pub mod grpc;
 pub mod http;
 pub mod jwks;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod signer;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use authorizer::{AuthHeader, Authorizer, CheckInput};

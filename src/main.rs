@@ -99,7 +99,11 @@ async fn async_main(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failed(&path, &e),
             };
-            serve(config, |_, config| Ok((config, Options::default()))).await
+            let options = Options {
+                config_path: Some(path),
+                ..Options::default()
+            };
+            serve(config, move |_, config| Ok((config, options))).await
         }
         Command::Dev { config, grpc, http } => dev_mode(config, grpc, http).await,
         Command::Check {
@@ -187,8 +191,10 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", dev::banner(&issuer, listeners.grpc_addr(), http))
             .and_then(|()| out.flush());
+        // No reload in dev mode: a re-read config would not contain the dev issuer.
         let options = Options {
             extra_routes: Some(Arc::new(issuer).routes()),
+            config_path: None,
         };
         Ok((config, options))
     })

@@ -17,14 +17,15 @@ use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-use crate::authorizer::{Authorizer, Runtime};
+use crate::authorizer::Authorizer;
 use crate::config::{Config, GrpcListen};
 use crate::grpc::AuthzService;
 use crate::http::{HttpState, router};
-use crate::jwks::{IssuerKeys, http_client};
+use crate::metrics::Metrics;
+use crate::reload::KeyStores;
 
-/// How long in-flight checks may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often readiness is mirrored into gRPC health.
+const HEALTH_POLL: Duration = Duration::from_millis(200);
 
 /// Startup failures: nothing is served.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum InitError {
     Client(#[from] crate::jwks::ClientError),
     #[error("server task failed: {0}")]
     Serve(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Listeners bound before the servers start.
@@ -119,6 +122,8 @@ impl Listeners {
 #[derive(Default)]
 pub struct Options {
     pub extra_routes: Option<axum::Router>,
+    /// Watch this config file (and its policy file) and reload on change or SIGHUP.
+    pub config_path: Option<PathBuf>,
 }
 
 /// A running server.
@@ -129,6 +134,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
     unix_socket: Option<PathBuf>,
+    shutdown_grace: Duration,
+    shutdown_delay: Duration,
 }
 
 /// Start serving `config` on already bound listeners.
@@ -137,18 +144,14 @@ pub async fn start(
     listeners: Listeners,
     options: Options,
 ) -> Result<Running, InitError> {
-    let client = http_client(&config.jwks)?;
-    let timing = config.jwks.clone();
-    let runtime = Runtime::new(config, |issuer| {
-        Arc::new(IssuerKeys::new(issuer, timing.clone(), client.clone()))
-    });
-    let key_stores: Vec<Arc<IssuerKeys>> = runtime
-        .issuers
-        .iter()
-        .map(|i| Arc::clone(&i.keys))
-        .collect();
-    let authorizer = Arc::new(Authorizer::new(runtime));
+    // Certificates are read (and refused) before anything is served.
+    let grpc_tls = crate::tls::for_listener(&config.listen)?;
     let (stop, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let stores = KeyStores::new(Arc::clone(&metrics), stop_rx.clone());
+    let shutdown_grace = config.shutdown_grace;
+    let shutdown_delay = config.shutdown_delay;
+    let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?));
     let mut tasks = JoinSet::new();
 
     let grpc_addr = listeners.grpc_addr();
@@ -164,18 +167,32 @@ pub async fn start(
     let mut unix_socket = None;
     let shutdown = wait_stop(stop_rx.clone());
     match listeners.grpc {
-        GrpcListener::Tcp(l) => {
-            let incoming = TcpListenerStream::new(l).map(|s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            });
-            tasks.spawn(async move {
-                grpc.serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                    .map_err(|e| e.to_string())
-            });
-        }
+        GrpcListener::Tcp(l) => match grpc_tls {
+            Some(tls) => {
+                tracing::info!(client_certificates = tls.mutual(), "gRPC listener uses TLS");
+                tokio::spawn(
+                    Arc::clone(&tls).watch(crate::tls::RELOAD_INTERVAL, wait_stop(stop_rx.clone())),
+                );
+                let incoming = crate::tls::incoming(l, tls, wait_stop(stop_rx.clone()));
+                tasks.spawn(async move {
+                    grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+            None => {
+                let incoming = TcpListenerStream::new(l).map(|s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
+                tasks.spawn(async move {
+                    grpc.serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+        },
         GrpcListener::Unix(l, path) => {
             unix_socket = Some(path);
             let incoming = UnixListenerStream::new(l);
@@ -206,8 +223,13 @@ pub async fn start(
         });
     }
 
-    for keys in key_stores {
-        tokio::spawn(keys.refresh_loop(stop_rx.clone()));
+    if let Some(path) = options.config_path {
+        tokio::spawn(crate::reload::watch_files(
+            path,
+            Arc::clone(&authorizer),
+            stores,
+            stop_rx.clone(),
+        ));
     }
 
     // Readiness → gRPC health. Polled: cheap, and it also notices a key set going stale.
@@ -216,7 +238,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut last = None;
         loop {
-            let ready = watcher_auth.runtime().readiness().is_ok();
+            let ready = watcher_auth.readiness().is_ok();
             if last != Some(ready) {
                 last = Some(ready);
                 let status = if ready {
@@ -231,7 +253,7 @@ pub async fn start(
                 tracing::info!(ready, "readiness changed");
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(HEALTH_POLL) => {}
                 _ = wait_stop(watcher_stop.clone()) => {
                     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                     return;
@@ -248,6 +270,8 @@ pub async fn start(
         stop,
         tasks,
         unix_socket,
+        shutdown_grace,
+        shutdown_delay,
     })
 }
 
@@ -256,10 +280,16 @@ async fn wait_stop(mut rx: watch::Receiver<bool>) {
 }
 
 impl Running {
-    /// Stop accepting, let in-flight requests finish (at most [`SHUTDOWN_GRACE`]), stop refreshers.
+    /// Drain: turn not-ready, wait `shutdown_delay`, stop accepting, let in-flight requests finish
+    /// (at most `shutdown_grace`), stop refreshers.
     pub async fn shutdown(mut self) -> Result<(), InitError> {
+        // 1. Not ready: /readyz 503 and gRPC health NOT_SERVING (the health watcher polls every
+        //    200 ms), then `shutdown_delay` for load balancers to notice.
+        self.authorizer.drain();
+        tokio::time::sleep(HEALTH_POLL + self.shutdown_delay).await;
+        // 2. Stop accepting; in-flight checks finish within `shutdown_grace`.
         let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
             let mut first_err = None;
             while let Some(res) = self.tasks.join_next().await {
                 if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {

@@ -43,7 +43,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::Http => "http",
@@ -58,13 +58,14 @@ pub fn record_decision(
     method: &str,
     path: &str,
     latency: Duration,
+    log_allows: bool,
 ) {
     let outcome = decision.outcome().error_code();
     let latency_us = latency.as_micros() as u64;
     // The path is logged without its query string, which may carry secrets.
     let path = path.split(['?', '#']).next().unwrap_or("");
     match decision {
-        Decision::Allow { rule, identity } => tracing::debug!(
+        Decision::Allow { rule, identity } if log_allows => tracing::info!(
             target: "citadel_authz::decision",
             protocol = protocol.as_str(), outcome, rule = %rule, method, path,
             issuer = identity.as_ref().map(|i| &*i.issuer),
@@ -73,6 +74,7 @@ pub fn record_decision(
             latency_us,
             "allow"
         ),
+        Decision::Allow { .. } => {}
         Decision::Deny { rule, denial } => tracing::info!(
             target: "citadel_authz::decision",
             protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,

@@ -306,6 +306,33 @@ impl InProcess {
         }
     }
 
+    /// Start from a config file, watched for reload like `serve` does.
+    pub async fn start_file(path: &Path) -> Self {
+        let config = citadel_authz::Config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
+        let listeners = citadel_authz::Listeners::bind(&config).await.unwrap();
+        let options = citadel_authz::Options {
+            config_path: Some(path.to_owned()),
+            ..Default::default()
+        };
+        let running = citadel_authz::start(config, listeners, options)
+            .await
+            .unwrap();
+        InProcess {
+            grpc: running.grpc_addr.unwrap(),
+            http: running.http_addr.unwrap(),
+            running: Some(running),
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.http);
         eventually(Duration::from_secs(10), "readyz 200", || async {
@@ -422,6 +449,17 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        // SIGTERM first so a master process (nginx) takes its workers down with it; then SIGKILL.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {

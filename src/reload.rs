@@ -1,0 +1,172 @@
+//! Building a [`Runtime`] from a [`Config`], and hot reload: the config and policy files are
+//! watched (content polled every second, which also follows Kubernetes ConfigMap symlink swaps)
+//! and re-read on SIGHUP.
+//!
+//! A new version is validated whole, then swapped in atomically; checks in flight finish on the
+//! version they started with. An invalid version is refused whole: the last good one stays,
+//! readiness is unaffected, the problem is logged with its field path and counted. Issuers whose
+//! source and timing are unchanged keep their key sets (no refetch storm); changed or new ones get
+//! fresh key stores, and the refreshers of removed ones stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::authorizer::{Authorizer, Runtime};
+use crate::config::{Config, IssuerConfig};
+use crate::jwks::{IssuerKeys, http_client};
+use crate::metrics::Metrics;
+
+/// How often the files are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Creates key stores (and their background refreshers) for a runtime, reusing those of the
+/// previous runtime where nothing changed.
+#[derive(Clone)]
+pub struct KeyStores {
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl KeyStores {
+    pub fn new(metrics: Arc<Metrics>, stop: watch::Receiver<bool>) -> Self {
+        KeyStores { metrics, stop }
+    }
+
+    /// A runtime for `config`; `previous` lends its unchanged key stores.
+    pub fn runtime(
+        &self,
+        config: Config,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, crate::jwks::ClientError> {
+        let client = http_client(&config.jwks)?;
+        let timing = config.jwks.clone();
+        let mut fresh = Vec::new();
+        let runtime = Runtime::new(
+            config,
+            Arc::clone(&self.metrics),
+            |issuer: &IssuerConfig| {
+                let reused = previous.and_then(|p| {
+                    p.issuers
+                        .iter()
+                        .find(|i| {
+                            i.config.name == issuer.name && i.keys.same_source(issuer, &timing)
+                        })
+                        .map(|i| Arc::clone(&i.keys))
+                });
+                reused.unwrap_or_else(|| {
+                    let keys = Arc::new(IssuerKeys::new(
+                        issuer,
+                        timing.clone(),
+                        client.clone(),
+                        Arc::clone(&self.metrics),
+                    ));
+                    fresh.push(Arc::clone(&keys));
+                    keys
+                })
+            },
+        );
+        for keys in fresh {
+            tokio::spawn(IssuerKeys::refresh_loop(
+                Arc::downgrade(&keys),
+                self.stop.clone(),
+            ));
+        }
+        Ok(runtime)
+    }
+}
+
+/// Watch `config_path` (and the policy file it names) until `stop`; apply valid changes.
+pub async fn watch_files(
+    config_path: PathBuf,
+    authorizer: Arc<Authorizer>,
+    stores: KeyStores,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching only");
+            None
+        }
+    };
+    let mut seen = fingerprint(
+        &config_path,
+        authorizer.runtime().config.policy_file.as_deref(),
+    );
+    loop {
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(POLL) => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let now = fingerprint(
+            &config_path,
+            authorizer.runtime().config.policy_file.as_deref(),
+        );
+        if !forced && now == seen {
+            continue;
+        }
+        reload(
+            &config_path,
+            &authorizer,
+            &stores,
+            if forced { "SIGHUP" } else { "file change" },
+        );
+        // The policy file may have moved: look at the new one from now on.
+        seen = fingerprint(
+            &config_path,
+            authorizer.runtime().config.policy_file.as_deref(),
+        );
+    }
+}
+
+/// Re-read and apply the configuration once. Returns whether it was applied.
+pub fn reload(
+    config_path: &Path,
+    authorizer: &Authorizer,
+    stores: &KeyStores,
+    cause: &str,
+) -> bool {
+    let current = authorizer.runtime();
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for issue in &e.issues {
+                tracing::error!(%cause, field = %issue.path, problem = %issue.message, "configuration reload refused; keeping the last good version");
+            }
+            authorizer.metrics().record_reload(false);
+            return false;
+        }
+    };
+    if config.listen != current.config.listen {
+        tracing::warn!("listen addresses are not reloadable; restart to apply the new ones");
+    }
+    match stores.runtime(config, Some(&current)) {
+        Ok(runtime) => {
+            let (rules, issuers) = (runtime.config.policy.len(), runtime.issuers.len());
+            authorizer.replace(runtime);
+            authorizer.metrics().record_reload(true);
+            tracing::info!(%cause, rules, issuers, "configuration reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!(%cause, error = %e, "configuration reload refused");
+            authorizer.metrics().record_reload(false);
+            false
+        }
+    }
+}
+
+/// Contents of the watched files (hash), to notice any change including a ConfigMap swap.
+fn fingerprint(config: &Path, policy: Option<&Path>) -> (u64, u64) {
+    let h = |p: Option<&Path>| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        p.and_then(|p| std::fs::read(p).ok()).hash(&mut hasher);
+        hasher.finish()
+    };
+    (h(Some(config)), h(policy))
+}

@@ -6,7 +6,8 @@
 mod support;
 
 mod dev;
-mod grpc;
-mod jwks;
 mod envoy;
 mod gateways;
+mod grpc;
+mod jwks;
+mod ops;

@@ -11,3 +11,4 @@ mod gateways;
 mod grpc;
 mod jwks;
 mod ops;
+mod tls;

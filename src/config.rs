@@ -628,21 +628,24 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
         key: base_dir.join(t.key),
         client_ca: t.client_ca.map(|c| base_dir.join(c)),
     });
-    if let Some(t) = &grpc_tls {
-        for (field, path) in [
-            ("cert", Some(&t.cert)),
-            ("key", Some(&t.key)),
-            ("client_ca", t.client_ca.as_ref()),
-        ] {
-            if let Some(path) = path
-                && !path.is_file()
-            {
-                issues.push(
-                    format!("listen.grpc_tls.{field}"),
-                    format!("{} is not a readable file", path.display()),
-                );
+    // Certificates are parsed here too, so `check-config` catches a bad PEM or a key that does
+    // not match its certificate, not only `serve`.
+    if let Some(t) = &grpc_tls
+        && let Err(e) = crate::tls::check(t)
+    {
+        let field = match &e {
+            crate::tls::TlsError::Read { field, .. }
+            | crate::tls::TlsError::Invalid { field, .. } => {
+                format!("listen.grpc_tls.{field}")
             }
-        }
+            crate::tls::TlsError::Unsupported(_) => "listen.grpc_tls".to_owned(),
+        };
+        let message = e.to_string();
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(&message)
+            .to_owned();
+        issues.push(field, message);
     }
     let grpc = grpc.unwrap_or_else(|| DEFAULT_GRPC.to_owned());
     let grpc = if let Some(path) = grpc.strip_prefix("unix:") {
@@ -682,6 +685,12 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
                 }
             },
         );
+    if grpc_tls.is_some() && matches!(grpc, GrpcListen::Unix(_)) {
+        issues.push(
+            "listen.grpc_tls",
+            "TLS is not offered on a unix: listener (its file mode is the access control); use a TCP address",
+        );
+    }
     if grpc_socket_mode.is_some() && !matches!(grpc, GrpcListen::Unix(_)) {
         issues.push(
             "listen.grpc_socket_mode",

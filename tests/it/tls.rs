@@ -389,15 +389,13 @@ async fn unreadable_or_invalid_certificates_fail_at_start() {
     let tls = TlsDir::new(&ca.server(), Some(&ca));
     std::fs::write(tls.path("server.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
     let yaml = tls.config(&config_yaml(&jwks, "  refresh_min: 30s"));
-    let config = citadel_authz::Config::from_yaml(&yaml, Path::new(".")).unwrap();
-    let listeners = citadel_authz::Listeners::bind(&config).await.unwrap();
-    let err = citadel_authz::start(config, listeners, citadel_authz::Options::default())
-        .await
+    // Caught by config validation (so by `check-config` too), naming the field and the file.
+    let err = citadel_authz::Config::from_yaml(&yaml, Path::new("."))
         .err()
-        .expect("start must fail");
-    let msg = err.to_string();
-    assert!(msg.starts_with("listen.grpc_tls.key: "), "{msg}");
-    assert!(msg.contains("server.key"), "{msg}");
+        .expect("a key that is not a key is a config error");
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].path, "listen.grpc_tls.key");
+    assert!(err.issues[0].message.contains("server.key"), "{err}");
 
     // The binary says so and exits non-zero before serving.
     let tls = TlsDir::new(&ca.server(), Some(&ca));
@@ -409,7 +407,14 @@ async fn unreadable_or_invalid_certificates_fail_at_start() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a config error exits 2");
+    let check = Command::new(authz_bin())
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("listen.grpc_tls.client_ca"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

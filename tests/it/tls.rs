@@ -391,8 +391,7 @@ async fn unreadable_or_invalid_certificates_fail_at_start() {
     let yaml = tls.config(&config_yaml(&jwks, "  refresh_min: 30s"));
     // Caught by config validation (so by `check-config` too), naming the field and the file.
     let err = citadel_authz::Config::from_yaml(&yaml, Path::new("."))
-        .err()
-        .expect("a key that is not a key is a config error");
+        .expect_err("a key that is not a key is a config error");
     assert_eq!(err.issues.len(), 1, "{err}");
     assert_eq!(err.issues[0].path, "listen.grpc_tls.key");
     assert!(err.issues[0].message.contains("server.key"), "{err}");

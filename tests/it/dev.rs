@@ -259,7 +259,7 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
         .replace("grpc: 127.0.0.1:0", &format!("grpc: 127.0.0.1:{grpc_port}"))
         .replace("http: 127.0.0.1:0", &format!("http: 127.0.0.1:{http_port}"));
     let cfg = dir.path().join("citadel-authz.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
+    std::fs::write(&cfg, format!("{yaml}decision_log: all\n")).unwrap();
     let mut cmd = Command::new(authz_bin());
     cmd.args(["--log-format", "json", "serve", "--config"])
         .arg(&cfg);
@@ -279,6 +279,15 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(status_of(&resp), 200);
+    let denied = citadel_authz::client::check_request(
+        "GET",
+        "/api/admin/x?secret=1",
+        &[("authorization".into(), format!("Bearer {token}"))],
+    );
+    let resp = citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), denied)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&resp), 403);
     let status = guard
         .terminate(Duration::from_secs(15))
         .expect("exits after SIGTERM");
@@ -286,8 +295,30 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
     // JSON logs: every line parses.
     let log = guard.log_text();
     assert!(log.lines().count() > 0);
-    for line in log.lines() {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-    }
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
+        .collect();
+    // One structured decision event per check (`decision_log: all` includes allows), under its
+    // own target; the token and the query string never appear.
+    let decisions: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["target"] == "citadel_authz::decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "{log}");
+    assert_eq!(decisions[0]["outcome"], "allow");
+    assert_eq!(decisions[0]["rule"], "orders-read");
+    assert_eq!(decisions[0]["sub"], "alice");
+    assert_eq!(decisions[0]["tenant"], "acme");
+    assert_eq!(decisions[0]["issuer"], "iam");
+    assert_eq!(decisions[0]["method"], "GET");
+    assert_eq!(decisions[0]["path"], "/api/orders/1");
+    assert!(decisions[0]["latency_us"].is_u64());
+    assert_eq!(decisions[1]["outcome"], "insufficient_scope");
+    assert_eq!(decisions[1]["rule"], "admin");
+    assert_eq!(decisions[1]["path"], "/api/admin/x");
+    assert!(!log.contains(&token[token.len() - 16..]) && !log.contains("secret=1"));
 }

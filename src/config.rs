@@ -454,29 +454,19 @@ impl Config {
         }
 
         let issuer_names: Vec<String> = issuers.iter().map(|i| i.name.clone()).collect();
+        // SPEC §2: defaults exist for everything but the issuer essentials, so an omitted policy
+        // is the empty one — no rule matches, every request is denied (403). `serve` warns.
         let (policy, policy_file) = match raw.policy {
-            None => {
-                issues.push(
-                    "policy",
-                    "required: `file: policy.yaml` or inline `rules: [...]`",
-                );
-                (None, None)
-            }
+            None
+            | Some(RawPolicyRef {
+                file: None,
+                rules: None,
+            }) => (Some(Policy::default()), None),
             Some(RawPolicyRef {
                 file: Some(_),
                 rules: Some(_),
             }) => {
                 issues.push("policy", "give either `file` or `rules`, not both");
-                (None, None)
-            }
-            Some(RawPolicyRef {
-                file: None,
-                rules: None,
-            }) => {
-                issues.push(
-                    "policy",
-                    "required: `file: policy.yaml` or inline `rules: [...]`",
-                );
                 (None, None)
             }
             Some(RawPolicyRef {
@@ -1161,6 +1151,17 @@ policy:
         let p = crate::policy::canonicalize("/api/tenants/acme/x").unwrap();
         assert_eq!(c.policy.find("GET", &p).unwrap().tenant, Some("acme"));
         assert_eq!(shield_path_params("a/{b c}/{}"), "a/{b c}/{}");
+    }
+
+    #[test]
+    fn omitted_policy_is_the_empty_deny_all_policy() {
+        let text = BASE.split("policy:").next().unwrap().to_owned();
+        let c = load(&text).unwrap();
+        assert!(c.policy.is_empty());
+        let p = crate::policy::canonicalize("/api/me").unwrap();
+        assert!(c.policy.find("GET", &p).is_none());
+        let both = format!("{text}policy:\n  file: p.yaml\n  rules: []\n");
+        assert_eq!(paths(load(&both).unwrap_err()), vec!["policy"]);
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub async fn start(
     let stores = KeyStores::new(Arc::clone(&metrics), stop_rx.clone());
     let shutdown_grace = config.shutdown_grace;
     let shutdown_delay = config.shutdown_delay;
+    if config.policy.is_empty() {
+        tracing::warn!("the policy has no rules: every request will be denied (403)");
+    }
     let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?));
     let mut tasks = JoinSet::new();
 

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: config generation, wrk output parsing, medians and the report.
+
+  tool.py gen WORK_DIR                      write Envoy/citadel-authz configs and policies
+  tool.py wrk FILE SCENARIO REP             parse one wrk run, print a JSON result line
+  tool.py loadgen FILE SCENARIO REP T0 T1 CLK_TCK   loadgen output + server CPU ticks -> JSON
+  tool.py rss FILE RSS0_MB RSS1_MB N          memory result line
+  tool.py report RESULTS.jsonl CRITERION_DIR OUT.md MODE   medians, ratios, targets -> markdown
+Ports and names come from the environment set by run.sh.
+"""
+import json
+import os
+import re
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def env(name):
+    return os.environ[name]
+
+
+def fill(template, values):
+    with open(os.path.join(HERE, "templates", template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("@" + k + "@", str(v))
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        sys.exit(f"gen: {template}: unfilled placeholders {left}")
+    return text
+
+
+def policy(n):
+    """n rules; the one every bench request hits (`orders-read`) is the last."""
+    out = ["rules:"]
+    for i in range(n - 1):
+        out += [
+            f"  - name: svc{i}",
+            f'    paths: ["/api/svc{i}/items/{{id}}/**"]',
+            "    methods: [GET, POST]",
+            f"    roles_any: [svc{i}:read, admin]",
+        ]
+    out += [
+        "  - name: orders-read",
+        '    paths: ["/api/orders/**"]',
+        "    methods: [GET, HEAD]",
+        "    roles_any: [reader, orders:write]",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def gen(work):
+    with open(os.path.join(work, "fixtures", "jwks.json")) as f:
+        jwks = json.dumps(json.load(f), separators=(",", ":"))
+    common = {
+        "ADMIN_PORT": env("ENVOY_ADMIN_PORT"),
+        "LISTEN_PORT": env("ENVOY_PORT"),
+    }
+    files = {
+        "envoy-a.yaml": fill("envoy-direct.yaml", common),
+        "envoy-b-off.yaml": fill("envoy-jwt.yaml", {**common, "ISSUER": env("ISSUER"),
+                                                      "AUDIENCE": env("AUDIENCE"), "JWKS": jwks,
+                                                      "JWT_CACHE": ""}),
+        "envoy-b-on.yaml": fill("envoy-jwt.yaml", {**common, "ISSUER": env("ISSUER"),
+                                                     "AUDIENCE": env("AUDIENCE"), "JWKS": jwks,
+                                                     "JWT_CACHE": "jwt_cache_config: { jwt_cache_size: "
+                                                     + env("JWT_CACHE_SIZE") + " }"}),
+        "envoy-c.yaml": fill("envoy-ext-authz.yaml", {**common, "AUTHZ_PORT": env("NOOP_PORT")}),
+        "envoy-d.yaml": fill("envoy-ext-authz.yaml", {**common, "AUTHZ_PORT": env("GRPC_PORT")}),
+        "policy-10.yaml": policy(10),
+        "policy-1000.yaml": policy(1000),
+    }
+    for n in (10, 1000):
+        files[f"citadel-{n}.yaml"] = fill("citadel-authz.yaml", {
+            "GRPC_PORT": env("GRPC_PORT"), "HTTP_PORT": env("HTTP_PORT"),
+            "JWKS_PORT": env("JWKS_PORT"), "ISSUER": env("ISSUER"), "AUDIENCE": env("AUDIENCE"),
+            "POLICY_FILE": f"policy-{n}.yaml"})
+    for name, text in files.items():
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+
+
+def to_us(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        return None
+    x = float(m.group(1))
+    return x * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
+
+
+def parse_wrk(path, scenario, rep):
+    text = open(path).read()
+    res = {"scenario": scenario, "rep": int(rep), "tool": "wrk"}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", text)
+    res["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors:.*", text)
+    res["socket_errors"] = m.group(0) if m else ""
+    for q, key in (("50", "p50_us"), ("99", "p99_us")):
+        m = re.search(r"^\s+" + q + r"%\s+(\S+)", text, re.M)
+        res[key] = to_us(m.group(1)) if m else None
+    print(json.dumps(res))
+
+
+def parse_loadgen(path, scenario, rep, t0, t1, tck):
+    """One loadgen JSON line plus the server's CPU time (utime+stime ticks) over the run."""
+    with open(path) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    cpu_s = (int(t1) - int(t0)) / int(tck)
+    r.update(scenario=scenario, rep=int(rep), tool="loadgen", server_cpu_s=cpu_s,
+             cpu_us_per_check=cpu_s * 1e6 / max(r["requests"], 1))
+    print(json.dumps(r))
+
+
+def parse_rss(path, rss0, rss1, n):
+    with open(path) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    print(json.dumps({"scenario": "rss", "rep": 1, "rss_start_mb": float(rss0),
+                      "rss_mb": float(rss1), "tokens": int(n), "requests": r["requests"],
+                      "ok": r["ok"], "denied": r["denied"], "errors": r["errors"]}))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+def load(results):
+    by = {}
+    with open(results) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                by.setdefault(r["scenario"], []).append(r)
+    return by
+
+
+def med(by, scenario, key):
+    vals = [r[key] for r in by.get(scenario, []) if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def crit(cdir, group, name):
+    p = os.path.join(cdir, group, name, "new", "estimates.json")
+    try:
+        with open(p) as f:
+            return json.load(f)["median"]["point_estimate"]  # ns
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def fmt(x, unit="", digits=0):
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def verdict(value, target, higher_is_better=True):
+    if value is None:
+        return "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return "**pass**" if ok else "**miss**"
+
+
+def report(results, cdir, out, mode):
+    by = load(results)
+    algs = ["ES256", "RS256", "EdDSA"]
+    rows = []  # (figure, median, baseline, ratio, target, verdict)
+    bad = [s for s, rs in by.items() for r in rs
+           if r.get("non2xx") or r.get("errors") or r.get("denied")]
+
+    a = med(by, "env_a", "rps")
+    c = med(by, "env_c", "rps")
+    rows.append(("(a) Envoy direct_response, no auth", fmt(a, " req/s"), "—", "—", "—", ""))
+    rows.append(("(c) Envoy → noop_authz", fmt(c, " req/s"), fmt(a, " (a)"),
+                 fmt(ratio(c, a), "×", 2), "—", ""))
+    for alg in algs:
+        boff = med(by, f"env_b_off_{alg}", "rps")
+        bon = med(by, f"env_b_on_{alg}", "rps")
+        d = med(by, f"env_d_{alg}", "rps")
+        e = med(by, f"env_e_{alg}", "rps")
+        rows.append((f"(b) {alg} Envoy jwt_authn+rbac, cache off, rotating tokens", fmt(boff, " req/s"),
+                     fmt(c, " (c)"), fmt(ratio(boff, c), "×", 2), "—", ""))
+        rows.append((f"(b) {alg} Envoy jwt_authn+rbac, cache on, rotating tokens", fmt(bon, " req/s"),
+                     fmt(boff, " (b off)"), fmt(ratio(bon, boff), "×", 2), "—", ""))
+        rows.append((f"(d) {alg} Envoy → citadel-authz, one token", fmt(d, " req/s"), fmt(c, " (c)"),
+                     fmt(ratio(d, c), "×", 2), "≥ 0.95", verdict(ratio(d, c), 0.95)))
+        t = 0.70 if alg == "ES256" else None
+        rows.append((f"(e) {alg} Envoy → citadel-authz, rotating tokens", fmt(e, " req/s"), fmt(c, " (c)"),
+                     fmt(ratio(e, c), "×", 2), "≥ 0.70" if t else "—",
+                     verdict(ratio(e, c), t) if t else ""))
+        rows.append((f"(e) {alg} vs Envoy's own JWT (cache off)", fmt(e, " req/s"), fmt(boff, " (b off)"),
+                     fmt(ratio(e, boff), "×", 2), "≥ 1.00", verdict(ratio(e, boff), 1.0)))
+        p99d = med(by, f"env_d_{alg}", "p99_us")
+        p99c = med(by, "env_c", "p99_us")
+        rows.append((f"(d) {alg} wrk p99 (closed loop)", fmt(p99d, " µs"), fmt(p99c, " µs (c)"),
+                     fmt(ratio(p99d, p99c), "×", 2), "—", ""))
+
+    n_rps = med(by, "srv_noop_closed", "rps")
+    n_cpu = med(by, "srv_noop_closed", "cpu_us_per_check")
+    for alg in algs:
+        s_rps = med(by, f"srv_citadel_1_{alg}_closed", "rps")
+        s_cpu = med(by, f"srv_citadel_1_{alg}_closed", "cpu_us_per_check")
+        rows.append((f"gRPC alone, {alg} one token: throughput", fmt(s_rps, " checks/s"),
+                     fmt(n_rps, " (noop)"), fmt(ratio(s_rps, n_rps), "×", 2), "—", ""))
+        extra = None if s_cpu is None or n_cpu is None else s_cpu - n_cpu
+        rows.append((f"gRPC alone, {alg} one token: extra CPU per check (saturated)",
+                     fmt(extra, " µs", 2), fmt(n_cpu, " µs (noop)", 2), fmt(ratio(s_cpu, n_cpu), "×", 2),
+                     "≤ 5 µs", verdict(extra, 5.0, False)))
+        r_rps = med(by, f"srv_citadel_N_{alg}_closed", "rps")
+        r_cpu = med(by, f"srv_citadel_N_{alg}_closed", "cpu_us_per_check")
+        rows.append((f"gRPC alone, {alg} rotating tokens: throughput", fmt(r_rps, " checks/s"),
+                     fmt(n_rps, " (noop)"), fmt(ratio(r_rps, n_rps), "×", 2), "—", ""))
+        rows.append((f"gRPC alone, {alg} rotating tokens: CPU per check", fmt(r_cpu, " µs", 2),
+                     fmt(n_cpu, " µs (noop)", 2), fmt(ratio(r_cpu, n_cpu), "×", 2), "—", ""))
+    o_cpu = med(by, "srv_citadel_open5k", "cpu_us_per_check")
+    on_cpu = med(by, "srv_noop_open5k", "cpu_us_per_check")
+    extra5 = None if o_cpu is None or on_cpu is None else o_cpu - on_cpu
+    rows.append(("gRPC alone, ES256 one token at 5,000 checks/s: extra CPU per check", fmt(extra5, " µs", 2),
+                 fmt(on_cpu, " µs (noop)", 2), fmt(ratio(o_cpu, on_cpu), "×", 2), "≤ 5 µs",
+                 verdict(extra5, 5.0, False)))
+    p99 = med(by, "srv_citadel_open1k", "p99_us")
+    p99n = med(by, "srv_noop_open1k", "p99_us")
+    rows.append(("gRPC alone, ES256 one token, open loop 1,000 checks/s: p99", fmt(p99, " µs"),
+                 fmt(p99n, " µs (noop)"), fmt(ratio(p99, p99n), "×", 2), "≤ 500 µs",
+                 verdict(p99, 500, False)))
+    p999 = med(by, "srv_citadel_open1k", "p999_us")
+    p999n = med(by, "srv_noop_open1k", "p999_us")
+    rows.append(("gRPC alone, ES256 one token, open loop 1,000 checks/s: p99.9", fmt(p999, " µs"),
+                 fmt(p999n, " µs (noop)"), fmt(ratio(p999, p999n), "×", 2), "—", ""))
+
+    for alg in algs:
+        cit = crit(cdir, "verify", f"{alg}_citadel")
+        raw = crit(cdir, "verify", f"{alg}_raw_parsed")
+        unp = crit(cdir, "verify", f"{alg}_raw_unparsed")
+        rows.append((f"micro: {alg} uncached verify (parse+verify) vs raw aws-lc (key parsed once)",
+                     fmt(None if cit is None else cit / 1e3, " µs", 2),
+                     fmt(None if raw is None else raw / 1e3, " µs", 2),
+                     fmt(ratio(cit, raw), "×", 2), "≤ 1.10", verdict(ratio(cit, raw), 1.10, False)))
+        rows.append((f"micro: {alg} uncached verify vs raw aws-lc (key parsed per call)",
+                     fmt(None if cit is None else cit / 1e3, " µs", 2),
+                     fmt(None if unp is None else unp / 1e3, " µs", 2),
+                     fmt(ratio(cit, unp), "×", 2), "—", ""))
+    p10 = crit(cdir, "policy", "10_rules")
+    p1k = crit(cdir, "policy", "1000_rules")
+    rows.append(("micro: policy canonicalize+find+authorize, 1,000 vs 10 rules (last rule hit)",
+                 fmt(None if p1k is None else p1k / 1e3, " µs", 2),
+                 fmt(None if p10 is None else p10 / 1e3, " µs", 2),
+                 fmt(ratio(p1k, p10), "×", 1), "≤ 1.20", verdict(ratio(p1k, p10), 1.2, False)))
+    s10 = med(by, "srv_citadel_1_ES256_closed", "rps")
+    s1k = med(by, "srv_citadel_1000rules_closed", "rps")
+    rows.append(("gRPC alone, ES256 one token, 1,000 rules: time per check vs 10 rules",
+                 fmt(s1k, " checks/s"), fmt(s10, " checks/s (10 rules)"),
+                 fmt(ratio(s10, s1k), "×", 2), "≤ 1.20", verdict(ratio(s10, s1k), 1.2, False)))
+    rss0 = med(by, "rss", "rss_start_mb")
+    rss = med(by, "rss", "rss_mb")
+    ntok = med(by, "rss", "tokens")
+    rows.append((f"RSS after {fmt(ntok)} distinct valid tokens checked once", fmt(rss, " MB", 1),
+                 fmt(rss0, " MB at start", 1), fmt(ratio(rss, rss0), "×", 2), "≤ 64 MB",
+                 verdict(rss, 64, False)))
+
+    lines = [
+        f"Benchmark results ({mode} run). Medians of the repetitions; every ratio is against a",
+        "baseline measured in the same run. Throughput ratios: higher is better; time/CPU/latency ratios: lower is better.",
+        "",
+        "| figure | median | baseline | ratio | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(r) + " |")
+    if bad:
+        lines += ["", "**Warning**: non-OK answers (non-2xx, denials or errors) in: " + ", ".join(sorted(set(bad)))]
+    text = "\n".join(lines) + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "gen":
+        gen(sys.argv[2])
+    elif cmd == "wrk":
+        parse_wrk(*sys.argv[2:5])
+    elif cmd == "loadgen":
+        parse_loadgen(*sys.argv[2:8])
+    elif cmd == "rss":
+        parse_rss(*sys.argv[2:6])
+    elif cmd == "report":
+        report(*sys.argv[2:6])
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()

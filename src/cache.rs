@@ -8,7 +8,6 @@
 //! (and dropped) on its next use — a verdict never outlives its key.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -44,12 +43,10 @@ impl Expiry<TokenHash, Arc<Verified>> for ByEntry {
     }
 }
 
-/// The cache and its counters.
+/// The cache (hits and misses are counted by the caller, in `/metrics`).
 pub struct TokenCache {
     inner: Option<moka::sync::Cache<TokenHash, Arc<Verified>>>,
     max_ttl: Duration,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
 }
 
 impl TokenCache {
@@ -61,12 +58,7 @@ impl TokenCache {
                 .expire_after(ByEntry)
                 .build()
         });
-        TokenCache {
-            inner,
-            max_ttl,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
+        TokenCache { inner, max_ttl }
     }
 
     pub fn enabled(&self) -> bool {
@@ -80,23 +72,16 @@ impl TokenCache {
         out
     }
 
-    /// A live entry for this token, or `None` (counted as a miss).
+    /// A live entry for this token, or `None`.
     pub fn get(&self, hash: &TokenHash, now: f64) -> Option<Arc<Verified>> {
         let inner = self.inner.as_ref()?;
         match inner.get(hash) {
-            Some(v) if now < v.valid_until => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(v)
-            }
+            Some(v) if now < v.valid_until => Some(v),
             Some(_) => {
                 inner.invalidate(hash);
-                self.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+            None => None,
         }
     }
 
@@ -181,8 +166,6 @@ mod tests {
         assert!(c.get(&b, 950.0).is_none(), "no cross-token mix-up");
         assert!(c.get(&a, 1000.0).is_none(), "expired at exp + leeway");
         assert!(c.get(&a, 950.0).is_none(), "an expired entry is dropped");
-        assert_eq!(c.hits.load(Ordering::Relaxed), 1);
-        assert_eq!(c.misses.load(Ordering::Relaxed), 3);
         // Already expired: not stored.
         c.insert(b, identity("bob"), 0, 7, 10.0, 20.0);
         assert!(c.get(&b, 5.0).is_none());

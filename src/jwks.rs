@@ -64,13 +64,6 @@ struct FetchState {
     discovered: Option<String>,
 }
 
-/// Counters for `/metrics`; plain atomics read at scrape time.
-#[derive(Debug, Default)]
-pub struct FetchCounters {
-    pub ok: std::sync::atomic::AtomicU64,
-    pub error: std::sync::atomic::AtomicU64,
-}
-
 /// The key set of one issuer and the machinery that keeps it fresh.
 pub struct IssuerKeys {
     pub name: Arc<str>,
@@ -81,7 +74,6 @@ pub struct IssuerKeys {
     client: reqwest::Client,
     current: ArcSwapOption<Loaded>,
     state: Mutex<FetchState>,
-    pub counters: FetchCounters,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -126,7 +118,6 @@ impl IssuerKeys {
             client,
             current: ArcSwapOption::empty(),
             state: Mutex::new(FetchState::default()),
-            counters: FetchCounters::default(),
             metrics,
         }
     }
@@ -228,15 +219,9 @@ impl IssuerKeys {
             this.metrics.record_fetch(&this.name, result.is_ok());
             match &result {
                 Ok(l) => {
-                    this.counters
-                        .ok
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(issuer = %this.name, keys = l.keys.len(), ttl_s = (l.expires_at - l.fetched_at).as_secs(), "JWKS fetched");
                 }
                 Err(e) => {
-                    this.counters
-                        .error
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(issuer = %this.name, error = %e, "JWKS fetch failed");
                 }
             }

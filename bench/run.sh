@@ -219,11 +219,16 @@ stop "$citadel_pid"
 say "memory: RSS after $BIG distinct valid tokens, each checked once"
 start_citadel 10
 rss0=$(rss_mb "$citadel_pid")
+t0=$(cpu_ticks "$citadel_pid")
 taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" "${closed[@]}" --duration 600 \
   --count "$BIG" --tokens "$(tokens ES256 "$BIG")" > "$work/lg.out"
+t1=$(cpu_ticks "$citadel_pid")
 sleep 1
 rss1=$(rss_mb "$citadel_pid")
 python3 "$bench/tool.py" rss "$work/lg.out" "$rss0" "$rss1" "$BIG" | tee -a "$raw" >&2
+# The same run is the uncached case: every check is a token never seen before.
+python3 "$bench/tool.py" loadgen "$work/lg.out" srv_citadel_uncached 1 "$t0" "$t1" "$CLK_TCK" \
+  | tee -a "$raw" >&2
 stop "$citadel_pid"
 
 # --- report ------------------------------------------------------------------------------------

@@ -221,6 +221,13 @@ def report(results, cdir, out, mode):
                      fmt(n_rps, " (noop)"), fmt(ratio(r_rps, n_rps), "×", 2), "—", ""))
         rows.append((f"gRPC alone, {alg} rotating tokens: CPU per check", fmt(r_cpu, " µs", 2),
                      fmt(n_cpu, " µs (noop)", 2), fmt(ratio(r_cpu, n_cpu), "×", 2), "—", ""))
+    u_rps = med(by, "srv_citadel_uncached", "rps")
+    u_cpu = med(by, "srv_citadel_uncached", "cpu_us_per_check")
+    c_cpu = med(by, "srv_citadel_1_ES256_closed", "cpu_us_per_check")
+    rows.append(("gRPC alone, ES256 every token new (uncached): throughput", fmt(u_rps, " checks/s"),
+                 fmt(n_rps, " (noop)"), fmt(ratio(u_rps, n_rps), "×", 2), "—", ""))
+    rows.append(("gRPC alone, ES256 every token new (uncached): CPU per check", fmt(u_cpu, " µs", 2),
+                 fmt(c_cpu, " µs (cached)", 2), fmt(ratio(u_cpu, c_cpu), "×", 2), "—", ""))
     o_cpu = med(by, "srv_citadel_open5k", "cpu_us_per_check")
     on_cpu = med(by, "srv_noop_open5k", "cpu_us_per_check")
     extra5 = None if o_cpu is None or on_cpu is None else o_cpu - on_cpu

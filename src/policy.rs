@@ -68,6 +68,71 @@ pub struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Every pattern of every rule in one segment trie, so finding the first match costs about
+    /// the depth of the path, not the number of rules.
+    trie: Node,
+}
+
+/// A trie node: patterns continue through literal children or the one-segment wildcard child;
+/// `end` lists patterns that end here, `rest` those ending here with `**`.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    literal: std::collections::HashMap<Box<str>, Node>,
+    one: Option<Box<Node>>,
+    /// (rule index, pattern index) pairs.
+    end: Vec<(usize, usize)>,
+    rest: Vec<(usize, usize)>,
+}
+
+impl Node {
+    fn insert(&mut self, segments: &[Segment], at: (usize, usize)) {
+        match segments.split_first() {
+            None => self.end.push(at),
+            Some((Segment::Rest, _)) => self.rest.push(at),
+            Some((Segment::One, tail)) => {
+                self.one.get_or_insert_with(Box::default).insert(tail, at)
+            }
+            Some((Segment::Literal(lit), tail)) => self
+                .literal
+                .entry(lit.clone())
+                .or_default()
+                .insert(tail, at),
+        }
+    }
+
+    /// The lowest (rule, pattern) whose pattern matches `path` and whose rule admits `method`.
+    fn best(
+        &self,
+        path: &[String],
+        rules: &[Rule],
+        method: &str,
+        best: &mut Option<(usize, usize)>,
+    ) {
+        let mut consider = |list: &[(usize, usize)]| {
+            for &(r, p) in list {
+                if best.is_some_and(|b| b <= (r, p)) {
+                    // Lists are in (rule, pattern) order: nothing later in this list can win.
+                    break;
+                }
+                if rules[r].admits(method) {
+                    *best = Some((r, p));
+                    break;
+                }
+            }
+        };
+        consider(&self.rest);
+        match path.split_first() {
+            None => consider(&self.end),
+            Some((first, tail)) => {
+                if let Some(child) = self.literal.get(first.as_str()) {
+                    child.best(tail, rules, method, best);
+                }
+                if let Some(child) = &self.one {
+                    child.best(tail, rules, method, best);
+                }
+            }
+        }
+    }
 }
 
 /// The rule that matched a request, and the tenant its path names (when the rule has `tenant_param`).
@@ -335,7 +400,13 @@ impl Policy {
             });
         }
         if issues.is_empty() {
-            Ok(Policy { rules })
+            let mut trie = Node::default();
+            for (r, rule) in rules.iter().enumerate() {
+                for (p, pattern) in rule.patterns.iter().enumerate() {
+                    trie.insert(&pattern.segments, (r, p));
+                }
+            }
+            Ok(Policy { rules, trie })
         } else {
             Err(issues)
         }
@@ -355,19 +426,46 @@ impl Policy {
         method: &str,
         path: &'r CanonicalPath,
     ) -> Option<RuleMatch<'p, 'r>> {
-        self.rules.iter().find_map(|rule| {
-            if let Some(methods) = &rule.methods
-                && !methods.iter().any(|m| &**m == method)
-            {
-                return None;
-            }
-            rule.patterns.iter().find_map(|p| {
-                p.matches(&path.segments).then(|| RuleMatch {
-                    rule,
-                    tenant: p.tenant_at.map(|i| path.segments[i].as_str()),
+        let mut best = None;
+        self.trie
+            .best(&path.segments, &self.rules, method, &mut best);
+        let (r, p) = best?;
+        let rule = &self.rules[r];
+        Some(RuleMatch {
+            rule,
+            tenant: rule.patterns[p]
+                .tenant_at
+                .map(|i| path.segments[i].as_str()),
+        })
+    }
+
+    /// The same answer as [`Policy::find`] by trying every rule in order (the definition the
+    /// trie must agree with; tests compare them).
+    #[cfg(test)]
+    fn find_linear<'p, 'r>(
+        &'p self,
+        method: &str,
+        path: &'r CanonicalPath,
+    ) -> Option<RuleMatch<'p, 'r>> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.admits(method))
+            .find_map(|rule| {
+                rule.patterns.iter().find_map(|p| {
+                    p.matches(&path.segments).then(|| RuleMatch {
+                        rule,
+                        tenant: p.tenant_at.map(|i| path.segments[i].as_str()),
+                    })
                 })
             })
-        })
+    }
+}
+
+impl Rule {
+    fn admits(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| &**m == method))
     }
 }
 
@@ -376,6 +474,7 @@ fn boxed(list: &[String]) -> Vec<Box<str>> {
 }
 
 impl Pattern {
+    #[cfg(test)]
     fn matches(&self, path: &[String]) -> bool {
         let mut i = 0;
         for seg in &self.segments {
@@ -562,6 +661,14 @@ mod tests {
                 "{method} {target}"
             );
         }
+    }
+
+    #[test]
+    fn the_first_matching_pattern_of_a_rule_names_the_tenant() {
+        let p = policy("- {name: t, paths: [\"/{t}/acme\", \"/x/{t}\"], tenant_param: t}\n");
+        let path = canonicalize("/x/acme").unwrap();
+        assert_eq!(p.find("GET", &path).unwrap().tenant, Some("x"));
+        assert_eq!(p.find_linear("GET", &path).unwrap().tenant, Some("x"));
     }
 
     #[test]
@@ -753,6 +860,30 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn trie_agrees_with_trying_every_rule_in_order(
+            segs in proptest::collection::vec("(a|b|api|orders|x|acme)", 0..5),
+            method in "(GET|POST|DELETE)",
+        ) {
+            let p = policy(
+                r#"
+- {name: r0, paths: ["/api/{t}/x"], methods: [POST], tenant_param: t}
+- {name: r0b, paths: ["/{t}/acme", "/x/{t}"], methods: [POST], tenant_param: t}
+- {name: r1, paths: [/api/orders/**], methods: [GET]}
+- {name: r2, paths: ["/a/*/b", /b/**]}
+- {name: r3, paths: [/api/**], methods: [DELETE]}
+- {name: r4, paths: ["/{t}/orders", "/{t}"], tenant_param: t}
+- {name: r5, paths: ["/*/b/**", /]}
+- {name: r6, paths: [/**], methods: [GET]}
+"#,
+            );
+            let target = format!("/{}", segs.join("/"));
+            let path = canonicalize(&target).unwrap();
+            let trie = p.find(&method, &path).map(|m| (m.rule.name.to_string(), m.tenant.map(str::to_owned)));
+            let linear = p.find_linear(&method, &path).map(|m| (m.rule.name.to_string(), m.tenant.map(str::to_owned)));
+            prop_assert_eq!(trie, linear, "{} {}", method, target);
+        }
+
         #[test]
         fn canonicalize_never_panics(s in "\\PC{0,64}") {
             let _ = canonicalize(&s);

@@ -5,6 +5,8 @@
 //! keys, `use: enc` keys, keys of unknown type or malformed keys are skipped (and reported so the
 //! fetcher can log them). A token's `alg` must fit the key's type and the key's own `alg`.
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -13,7 +15,8 @@ use serde_json::Value;
 /// Bounds that keep a hostile or broken JWKS from costing more than a normal one.
 const MAX_KEYS: usize = 100;
 const MIN_RSA_BITS: usize = 2048;
-const MAX_RSA_BITS: usize = 16384;
+/// aws-lc's RSA verification algorithms accept 2048..=8192-bit moduli.
+const MAX_RSA_BITS: usize = 8192;
 
 /// The kind of a usable key; it decides which algorithms may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,11 @@ pub struct Key {
     pub kind: KeyKind,
     /// The key's own `alg`, when the JWK names one.
     pub alg: Option<Algorithm>,
+    /// The same key as jsonwebtoken sees it (kept for the comparison micro-benchmark).
     pub decoding: DecodingKey,
+    /// The key parsed once per algorithm it may verify (aws-lc), so a check pays for the
+    /// signature and nothing else.
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
     /// Stable identity of this key's material (kind + public bytes), so verdicts cached under a
     /// key can be dropped when that key leaves the set.
     pub fingerprint: u64,
@@ -65,6 +72,59 @@ impl Key {
     pub fn usable_for(&self, alg: Algorithm) -> bool {
         self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
+
+    /// Check a JWS signature (raw bytes, not base64) over `message` with this key and `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
+    }
+}
+
+/// aws-lc's verification algorithm for a JWS `alg` (RFC 7518 §3: ECDSA signatures are the fixed
+/// r‖s form).
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use Algorithm::*;
+    use aws_lc_rs::signature as sig;
+    Some(match alg {
+        RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+/// Parse `public` (SPKI DER for RSA, the point for EC, the raw key for Ed25519) for every
+/// algorithm this key may verify: its own `alg`, or all that fit its kind.
+fn verifiers(
+    kind: KeyKind,
+    alg: Option<Algorithm>,
+    public: &[u8],
+) -> Result<Vec<(Algorithm, ParsedPublicKey)>, String> {
+    use Algorithm::*;
+    let candidates = [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ];
+    let mut out = Vec::new();
+    for a in candidates
+        .into_iter()
+        .filter(|a| kind.fits(*a) && alg.is_none_or(|k| k == *a))
+    {
+        let Some(v) = verification_algorithm(a) else {
+            continue;
+        };
+        let parsed = ParsedPublicKey::new(v, public)
+            .map_err(|_| format!("{kind:?} public key does not parse"))?;
+        out.push((a, parsed));
+    }
+    Ok(out)
 }
 
 /// The usable keys of one issuer.
@@ -187,7 +247,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     };
     let kid = field("kid")?.map(Into::into);
     let kty = required("kty")?;
-    let (kind, decoding, material) = match kty {
+    let (kind, decoding, material, public) = match kty {
         "RSA" => {
             let n = b64(required("n")?, "n")?;
             let e = b64(required("e")?, "e")?;
@@ -203,10 +263,17 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
                 return Err("RSA exponent is not a small odd number".to_owned());
             }
             let material = [n_trim, e_trim].concat();
+            let spki = aws_lc_rs::rsa::PublicKeyComponents {
+                n: n_trim,
+                e: e_trim,
+            }
+            .as_der()
+            .map_err(|_| "RSA components do not form a public key".to_owned())?;
             (
                 KeyKind::Rsa,
                 DecodingKey::from_rsa_raw_components(n_trim, e_trim),
                 material,
+                spki.as_ref().to_vec(),
             )
         }
         "EC" => {
@@ -224,19 +291,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            if aws_lc_rs::signature::ParsedPublicKey::new(
-                if kind == KeyKind::P256 {
-                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED
-                } else {
-                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED
-                },
-                &point,
-            )
-            .is_err()
-            {
-                return Err("EC point is not on the curve".to_owned());
-            }
-            (kind, DecodingKey::from_ec_der(&point), point)
+            (kind, DecodingKey::from_ec_der(&point), point.clone(), point)
         }
         "OKP" => {
             let crv = required("crv")?;
@@ -247,7 +302,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
             if x.len() != 32 {
                 return Err("Ed25519 key is not 32 bytes".to_owned());
             }
-            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x), x)
+            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x), x.clone(), x)
         }
         "oct" => return Err("symmetric (oct) keys are never used".to_owned()),
         other => return Err(format!("key type {other:?} is not supported")),
@@ -257,11 +312,20 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     {
         return Err(format!("alg {alg:?} does not fit a {kind:?} key"));
     }
+    // Parsing also validates: an EC point off its curve or a broken RSA key is refused here.
+    let verifiers = verifiers(kind, alg, &public).map_err(|e| {
+        if matches!(kind, KeyKind::P256 | KeyKind::P384) {
+            "EC point is not on the curve".to_owned()
+        } else {
+            e
+        }
+    })?;
     Ok(Key {
         kid,
         kind,
         alg,
         decoding,
+        verifiers,
         fingerprint: fingerprint(kind, &material),
     })
 }

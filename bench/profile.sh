@@ -42,4 +42,4 @@ wait "$lpid" || true
 perf script -i "$work/perf-$case_.data" -F comm,tid,ip,sym 2>/dev/null > "$work/perf-$case_.txt"
 python3 "$root/bench/perf_callees.py" "$work/perf-$case_.txt" \
   'AuthzService as envoy_types.*check' 'citadel_authz::authorizer::check' 'Policy::find' \
-  'Unverified::verify_with' 'jsonwebtoken::crypto::verify'
+  'Unverified::verify_with' 'Key::verify'

@@ -64,7 +64,12 @@ for t in python3 curl taskset; do command -v $t >/dev/null || { echo "bench: $t 
 say "building (release): citadel-authz, examples"
 (cd "$root" && cargo build --release --examples --bins -q)
 
-rm -rf "$work"; mkdir -p "$work/fixtures" "$results"
+rm -rf "$work"; mkdir -p "$work/fixtures" "$work/bin/examples" "$results"
+# Run private copies: another `cargo build` in this tree during the run cannot swap the binaries.
+cp "$bin/citadel-authz" "$work/bin/"
+cp "$bin/examples/loadgen" "$bin/examples/noop_authz" "$bin/examples/mint_tokens" "$work/bin/examples/"
+bin="$work/bin"
+built_at=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')
 raw="$results/raw-latest.jsonl"; : > "$raw"
 
 # --- processes ---------------------------------------------------------------------------------
@@ -237,7 +242,7 @@ say "report"
   echo "# citadel-authz benchmarks — $(date -u +%Y-%m-%dT%H:%MZ), $mode run"
   echo
   echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)."
-  echo "Commit: $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$root" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted changes in src/)')."
+  echo "Built from: $built_at (criterion: the tree when benches/core.rs was built, just after)."
   echo "Load generator on CPU 0, servers on CPU 1; $REPS × ${DUR}s per scenario after ${WARM}s warm-up; $NTOK rotating tokens."
   echo
 } > "$work/header.md"

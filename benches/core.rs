@@ -2,10 +2,11 @@
 //! `cargo bench --bench core`; `BENCH_QUICK=1` shortens every measurement).
 //!
 //! - `verify/{ALG}/citadel`: uncached token verification as the server does it —
-//!   `Unverified::parse` (split, base64, strict JSON) + `verify` (key choice, signature through
-//!   jsonwebtoken's aws-lc backend, claims) against a `KeySet` built from a JWKS;
-//! - `verify/{ALG}/parse`: the parse step alone; `verify/{ALG}/jsonwebtoken`: the signature step
-//!   alone (`jsonwebtoken::crypto::verify` with the key set's `DecodingKey`);
+//!   `Unverified::parse` (split, base64, strict JSON) + `verify` (key choice, signature, claims)
+//!   against a `KeySet` built from a JWKS;
+//! - `verify/{ALG}/parse`: the parse step alone; `verify/{ALG}/jsonwebtoken`: the signature alone
+//!   through `jsonwebtoken::crypto::verify` with the key set's `DecodingKey` (key parsed per call;
+//!   the verifier's earlier path, kept for comparison);
 //! - `verify/{ALG}/raw_parsed`: the floor — aws-lc-rs verifying the same signature bytes with a
 //!   public key parsed once (`ParsedPublicKey`); `raw_unparsed`: the same with the key parsed on
 //!   every call (`UnparsedPublicKey` / `RsaPublicKeyComponents`), which is what a verifier that

@@ -243,7 +243,7 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
     if token.len() > rt.config.max_token_bytes {
         return Err(invalid(TokenError::TooLarge(rt.config.max_token_bytes)));
     }
-    let hash = rt.cache.enabled().then(|| TokenCache::hash(token));
+    let hash = rt.cache.enabled().then(|| rt.cache.hash(token));
     if let Some(hash) = &hash
         && let Some(hit) = {
             let hit = rt.cache.get(hash, now);

@@ -207,13 +207,7 @@ async fn past_max_stale_checks_are_503_and_not_ready() {
         200
     );
     jwks.set_mode(Mode::Fail);
-    let s = &server;
-    let t = token.clone();
-    eventually(Duration::from_secs(10), "503 once past max_stale", || {
-        let t = t.clone();
-        async move { (status_of(&s.check_token("/api/orders/1", &t).await) == 503).then_some(()) }
-    })
-    .await;
+    server.wait_status("/api/orders/1", &token, 503).await;
     let readyz = reqwest::get(format!("http://{}/readyz", server.http))
         .await
         .unwrap();
@@ -243,13 +237,7 @@ async fn removed_key_stops_being_accepted_after_the_refresh_that_removes_it() {
         200
     );
     jwks.set_keys(&[&b]);
-    let s = &server;
-    let t = token_a.clone();
-    eventually(Duration::from_secs(10), "removed key rejected", || {
-        let t = t.clone();
-        async move { (status_of(&s.check_token("/api/orders/1", &t).await) == 401).then_some(()) }
-    })
-    .await;
+    server.wait_status("/api/orders/1", &token_a, 401).await;
     assert_eq!(
         status_of(&server.check_token("/api/orders/1", &token_b).await),
         200

@@ -167,13 +167,7 @@ async fn policy_change_applies_and_an_invalid_version_is_refused_whole() {
     let fetches = jwks.fetches();
 
     std::fs::write(dir.path().join("policy.yaml"), ADMIN_ONLY).unwrap();
-    let s = &server;
-    let t = token.clone();
-    eventually(Duration::from_secs(10), "new policy applied", || {
-        let t = t.clone();
-        async move { (status_of(&s.check_token("/api/me", &t).await) == 403).then_some(()) }
-    })
-    .await;
+    server.wait_status("/api/me", &token, 403).await;
     assert_eq!(
         jwks.fetches(),
         fetches,
@@ -186,6 +180,7 @@ async fn policy_change_applies_and_an_invalid_version_is_refused_whole() {
         "rules:\n  - name: me\n    paths: [/api/me]\n    rolez: [x]\n",
     )
     .unwrap();
+    let s = &server;
     eventually(Duration::from_secs(10), "failed reload counted", || async {
         (sample(
             &s.metrics().await,

@@ -365,6 +365,16 @@ impl InProcess {
         .await
     }
 
+    /// Poll until a check of `path` with `token` gets `status` (10 s deadline).
+    pub async fn wait_status(&self, path: &str, token: &str, status: u16) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{status} for {path}"),
+            || async { (status_of(&self.check_token(path, token).await) == status).then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.unwrap();

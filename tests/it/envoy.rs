@@ -272,33 +272,7 @@ impl Envoy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, text).unwrap();
-        let mut cmd = Command::new(envoy_bin());
-        cmd.arg("-c").arg(&config).args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "info",
-        ]);
-        let mut guard = ChildGuard::spawn("envoy", cmd, dir.path().join("envoy.log"));
-        let ready = format!("http://127.0.0.1:{admin}/ready");
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = guard.child.try_wait() {
-                panic!("envoy exited ({status}):\n{}", guard.log_text());
-            }
-            if let Ok(r) = reqwest::get(&ready).await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "envoy not ready:\n{}",
-                guard.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let guard = start_envoy(&config, admin).await;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_port(addr, "envoy listener").await;
         Envoy {

@@ -728,15 +728,7 @@ async fn start_gateway(gw: Gw, authz_http: SocketAddr, upstream: SocketAddr) -> 
             );
             let file = dir.path().join("envoy-http.yaml");
             std::fs::write(&file, conf).unwrap();
-            let mut cmd = Command::new(envoy_bin());
-            cmd.arg("-c").arg(&file).args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ]);
-            ChildGuard::spawn("envoy", cmd, log)
+            ChildGuard::spawn("envoy", envoy_command(&file), log)
         }
         Gw::Grpc => unreachable!("no gateway process for gRPC"),
     };

@@ -519,6 +519,44 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
+/// Envoy on `config`, one worker, no hot restart (so parallel tests do not share its domain socket).
+pub fn envoy_command(config: &Path) -> Command {
+    let mut cmd = Command::new(envoy_bin());
+    cmd.arg("-c").arg(config).args([
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--log-level",
+        "info",
+    ]);
+    cmd
+}
+
+/// Start Envoy on `config` (log beside it) and wait until its admin `/ready` on `admin_port`
+/// answers 200; an Envoy that exits meanwhile fails the test with its log.
+pub async fn start_envoy(config: &Path, admin_port: u16) -> ChildGuard {
+    let log = config.with_extension("log");
+    let mut guard = ChildGuard::spawn("envoy", envoy_command(config), log);
+    let ready = format!("http://127.0.0.1:{admin_port}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            panic!("envoy exited ({status}):\n{}", guard.log_text());
+        }
+        if let Ok(r) = reqwest::get(&ready).await
+            && r.status() == 200
+        {
+            return guard;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "envoy not ready:\n{}",
+            guard.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A file of the repository (sample configs are run from where users copy them).
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

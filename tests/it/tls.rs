@@ -585,27 +585,7 @@ static_resources:
             up = upstream.port(),
         );
         let config_file = write("envoy.yaml", &config);
-        let mut cmd = Command::new(envoy_bin());
-        cmd.arg("-c").arg(&config_file).args([
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "info",
-        ]);
-        let mut guard = ChildGuard::spawn("envoy", cmd, dir.path().join("envoy.log"));
-        let ready = format!("http://127.0.0.1:{admin}/ready");
-        eventually(Duration::from_secs(30), "envoy ready", || {
-            if let Ok(Some(status)) = guard.child.try_wait() {
-                panic!("envoy exited ({status}):\n{}", guard.log_text());
-            }
-            let ready = ready.clone();
-            async move {
-                let r = reqwest::get(&ready).await.ok()?;
-                (r.status() == 200).then_some(())
-            }
-        })
-        .await;
+        let guard = start_envoy(&config_file, admin).await;
         let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
         for p in ports {
             wait_port(addr(p), "envoy listener").await;

@@ -203,6 +203,12 @@ struct RawHeaders {
 struct RawLimits {
     #[serde(default)]
     max_token_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +328,27 @@ pub struct HeaderNames {
     pub roles: String,
 }
 
+/// Bounds on what one client can hold on a listener (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Request headers must arrive within this long of the connection (or previous request).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Connections each listener holds at once; more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
 /// The validated configuration. Built only by [`Config::load`] / [`Config::from_yaml`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -331,6 +358,8 @@ pub struct Config {
     pub jwks: JwksTiming,
     pub headers: HeaderNames,
     pub max_token_bytes: usize,
+    /// `limits.header_timeout`, `limits.idle_timeout`, `limits.max_connections`.
+    pub connections: ConnectionLimits,
     pub trusted_proxies: Vec<IpNet>,
     /// Verified-token cache: entries (0 = off) and the longest an entry lives.
     pub token_cache: TokenCacheConfig,
@@ -423,6 +452,28 @@ impl Config {
         if !(256..=65536).contains(&max_token_bytes) {
             issues.push("limits.max_token_bytes", "must be between 256 and 65536");
         }
+        let defaults = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            header_timeout: raw.limits.header_timeout.unwrap_or(defaults.header_timeout),
+            idle_timeout: raw.limits.idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_connections: raw
+                .limits
+                .max_connections
+                .unwrap_or(defaults.max_connections),
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(300))
+            .contains(&connections.header_timeout)
+        {
+            issues.push("limits.header_timeout", "must be between 100ms and 5m");
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&connections.idle_timeout)
+        {
+            issues.push("limits.idle_timeout", "must be between 100ms and 1h");
+        }
+        if !(1..=1_000_000).contains(&connections.max_connections) {
+            issues.push("limits.max_connections", "must be between 1 and 1000000");
+        }
 
         let mut trusted_proxies = Vec::new();
         let proxies = raw
@@ -506,6 +557,7 @@ impl Config {
                 jwks,
                 headers,
                 max_token_bytes,
+                connections,
                 trusted_proxies,
                 token_cache,
                 decision_log_allows: raw.decision_log == Some(DecisionLog::All),

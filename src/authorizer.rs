@@ -1,6 +1,6 @@
 //! The decision core shared by every adapter: a [`CheckInput`] in, a [`Decision`] out.
 //!
-//! Order (SPEC §3/§4): canonical path (400) → first matching rule (403 if none) → public rules
+//! Order (SPEC §3/§4): method and canonical path (400) → first matching rule (403 if none) → public rules
 //! allow without looking at the token → bearer extraction (401/400) → issuer by exact `iss` →
 //! key set (503 if unavailable) → signature and claims (401) → rule requirements (403).
 //! The only I/O is an unknown-`kid` refetch, delegated to [`crate::jwks`]. The configuration in
@@ -18,7 +18,7 @@ use crate::jwks::{IssuerKeys, Refetch};
 use crate::metrics::Metrics;
 use crate::policy::{self, canonicalize};
 use crate::telemetry::{self, Protocol};
-use crate::token::{Identity, TokenError, Unverified};
+use crate::token::{Identity, Mismatch, TokenError, Unverified, quote, quote_list};
 
 /// The `Authorization` header(s) of the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +92,37 @@ impl Runtime {
         }
     }
 
-    /// Ready when every issuer has a usable key set; otherwise the first reason it is not.
-    pub fn readiness(&self) -> Result<(), String> {
-        match self.issuers.iter().find(|i| !i.keys.is_ready()) {
-            None => Ok(()),
-            Some(i) => Err(format!("issuer {} has no usable key set yet", i.name)),
+    /// Ready when every issuer has a usable key set; otherwise every issuer that has none, so
+    /// one look at `/readyz` shows all that need attention.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let unready: Vec<Arc<str>> = self
+            .issuers
+            .iter()
+            .filter(|i| !i.keys.is_ready())
+            .map(|i| Arc::clone(&i.name))
+            .collect();
+        if unready.is_empty() {
+            Ok(())
+        } else {
+            Err(NotReady::Issuers(unready))
         }
+    }
+}
+
+/// Why the server is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("shutting down")]
+    Draining,
+    /// The names of every issuer without a usable key set, in config order.
+    #[error("{}", unready_issuers_message(.0))]
+    Issuers(Vec<Arc<str>>),
+}
+
+fn unready_issuers_message(names: &[Arc<str>]) -> String {
+    match names {
+        [one] => format!("issuer {one} has no usable key set yet"),
+        _ => format!("issuers {} have no usable key set yet", names.join(", ")),
     }
 }
 
@@ -129,9 +154,9 @@ impl Authorizer {
     }
 
     /// Ready: not draining and every issuer has a usable key set.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("shutting down".to_owned());
+            return Err(NotReady::Draining);
         }
         self.runtime().readiness()
     }
@@ -176,6 +201,11 @@ pub fn unix_now() -> f64 {
 
 /// Decide one request against one runtime at wall-clock time `now` (seconds since the epoch).
 pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
+    // Here, not in the adapters: every way in (gRPC, both forward-auth header pairs, the prefix
+    // form) passes through this one check.
+    if !policy::is_upper_case_method(input.method) {
+        return Decision::deny(Denial::BadMethod(quote(input.method)));
+    }
     let path = match canonicalize(input.path) {
         Ok(p) => p,
         Err(e) => return Decision::deny(Denial::BadPath(e)),
@@ -211,22 +241,38 @@ pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
     }
 }
 
-/// The bearer token from the Authorization header (RFC 6750 §2.1; scheme case-insensitive).
+/// The bearer token from the Authorization header (RFC 6750 §2.1: `Bearer 1*SP token`).
+///
+/// The scheme is the leading run of token characters, compared case-insensitively. Only a
+/// missing header, an empty one, or another scheme (`Basic …`, `Bearerabc …`) is "no
+/// credentials"; once the scheme is Bearer, anything but one or more spaces and one token
+/// (`Bearer`, `Bearer<TAB>t`, `Bearer a b`) is a malformed Bearer value, so a client always
+/// learns that its token was not understood.
 fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
     let value = match header {
         AuthHeader::Absent => return Err(Denial::NoCredentials),
         AuthHeader::Several => return Err(Denial::SeveralAuthorizations),
-        AuthHeader::One(v) => v.trim(),
+        // Surrounding whitespace is not part of a header value (RFC 9110 §5.5).
+        AuthHeader::One(v) => v.trim_matches([' ', '\t']),
     };
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let scheme_len = value
+        .bytes()
+        .position(|b| !policy::is_token_char(b))
+        .unwrap_or(value.len());
+    let (scheme, rest) = value.split_at(scheme_len);
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Denial::NoCredentials);
     }
-    let token = rest.trim_start_matches(' ');
-    if token.is_empty() || token.contains(' ') {
-        return Err(Denial::InvalidToken(TokenError::Malformed(
-            "Bearer value is not one token",
-        )));
+    let malformed = |why| Err(Denial::InvalidToken(TokenError::Bearer(why)));
+    if rest.is_empty() {
+        return malformed("no token after the scheme");
+    }
+    let Some(token) = rest.strip_prefix(' ') else {
+        return malformed("the scheme must be followed by a space");
+    };
+    let token = token.trim_start_matches(' ');
+    if token.contains([' ', '\t']) {
+        return malformed("more than one token");
     }
     Ok(token)
 }
@@ -269,13 +315,21 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
                 .enumerate()
                 .find(|(_, i)| i.config.issuer == iss)
         })
-        .ok_or(Denial::InvalidToken(TokenError::Issuer))?;
+        .ok_or_else(|| {
+            Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
+                unverified.issuer(),
+                format!(
+                    "accepted: {}",
+                    quote_list(rt.issuers.iter().map(|i| i.config.issuer.as_str()))
+                ),
+            )))
+        })?;
     unverified.precheck(&issuer.config).map_err(invalid)?;
     let mut loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
-    if let Err(TokenError::UnknownKid) = unverified.select_key(&loaded.keys) {
+    if let Err(unknown @ TokenError::UnknownKid(_)) = unverified.select_key(&loaded.keys) {
         loaded = match issuer.keys.refetch_for_unknown_kid().await {
             Refetch::Fetched(fresh) => fresh,
-            Refetch::Cooldown { last_ok: true } => return Err(invalid(TokenError::UnknownKid)),
+            Refetch::Cooldown { last_ok: true } => return Err(invalid(unknown)),
             Refetch::Failed | Refetch::Cooldown { last_ok: false } => {
                 return Err(unavailable(issuer));
             }
@@ -335,6 +389,42 @@ mod tests {
         assert_eq!(t("Bearerabc"), Err(Denial::NoCredentials));
         assert!(matches!(t("Bearer"), Err(Denial::InvalidToken(_))));
         assert!(matches!(t("Bearer a b"), Err(Denial::InvalidToken(_))));
+    }
+
+    #[test]
+    fn bearer_whitespace_forms_are_malformed_bearer_values_not_other_schemes() {
+        fn t(v: &str) -> Result<&str, Denial> {
+            bearer(AuthHeader::One(v))
+        }
+        let malformed = |v: &str| matches!(t(v), Err(Denial::InvalidToken(TokenError::Bearer(_))));
+        for v in [
+            "Bearer\tabc",
+            "bearer\tabc",
+            "BEARER\t\tabc",
+            "Bearer \tabc",
+            "Bearer abc\tdef",
+            "Bearer",
+            "bearer",
+            "Bearer  ",
+            "Bearer\t",
+            " Bearer \t ",
+            "Bearer=abc",
+            "Bearer:abc",
+            "Bearer a b",
+        ] {
+            assert!(malformed(v), "{v:?}: {:?}", t(v));
+        }
+        assert_eq!(t("\tBearer abc\t"), Ok("abc"));
+        for v in [
+            "",
+            " \t",
+            "Basic\tdXNl",
+            "Bearerabc def",
+            "Bearer.x y",
+            "Token abc",
+        ] {
+            assert_eq!(t(v), Err(Denial::NoCredentials), "{v:?}");
+        }
         assert_eq!(bearer(AuthHeader::Absent), Err(Denial::NoCredentials));
         assert_eq!(
             bearer(AuthHeader::Several),

@@ -37,6 +37,9 @@ pub enum Denial {
     NoRule,
     #[error("{0}")]
     BadPath(PathError),
+    /// Holds the method already quoted for messages.
+    #[error("method {0} is not an upper-case HTTP token")]
+    BadMethod(String),
     #[error("several Authorization values")]
     SeveralAuthorizations,
     #[error("{0}")]
@@ -113,9 +116,10 @@ impl Denial {
             Denial::InvalidToken(_) => Outcome::InvalidToken,
             Denial::Policy(PolicyDenial::InsufficientScope) => Outcome::InsufficientScope,
             Denial::Policy(_) | Denial::NoRule | Denial::UntrustedPeer => Outcome::Forbidden,
-            Denial::BadPath(_) | Denial::SeveralAuthorizations | Denial::BadRequest(_) => {
-                Outcome::BadRequest
-            }
+            Denial::BadPath(_)
+            | Denial::BadMethod(_)
+            | Denial::SeveralAuthorizations
+            | Denial::BadRequest(_) => Outcome::BadRequest,
             Denial::KeysUnavailable { .. } => Outcome::Unavailable,
         }
     }
@@ -129,28 +133,44 @@ impl Denial {
             Denial::NoCredentials => "no_credentials",
             Denial::InvalidToken(e) => match e {
                 T::TooLarge(_) => "too_large",
-                T::Malformed(_) | T::Header(_) => "malformed",
+                T::Bearer(_) | T::Malformed(_) | T::Header(_) => "malformed",
                 T::DuplicateMember => "duplicate_member",
                 T::Algorithm | T::KeyMismatch | T::AmbiguousKey => "algorithm_or_key",
                 T::Crit => "crit",
-                T::Type => "typ",
-                T::Issuer => "issuer",
-                T::UnknownKid => "unknown_kid",
+                T::Type(_) => "typ",
+                T::Issuer(_) => "issuer",
+                T::UnknownKid(_) => "unknown_kid",
                 T::Signature => "signature",
                 T::Expired => "expired",
                 T::NotYetValid | T::IssuedInFuture => "not_yet_valid",
                 T::MissingClaim(_) | T::ClaimType(_) | T::UnsafeClaim(_) => "claims",
-                T::Audience => "audience",
+                T::Audience(_) => "audience",
             },
             Denial::Policy(PolicyDenial::InsufficientScope) => "insufficient_scope",
             Denial::Policy(PolicyDenial::TenantMismatch) => "tenant",
             Denial::Policy(PolicyDenial::IssuerNotAllowed) => "issuer_not_allowed",
             Denial::NoRule => "no_rule",
             Denial::BadPath(_) => "path",
+            Denial::BadMethod(_) => "method",
             Denial::SeveralAuthorizations => "several_authorizations",
             Denial::BadRequest(_) => "bad_request",
             Denial::UntrustedPeer => "untrusted_peer",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
+        }
+    }
+}
+
+impl Denial {
+    /// The reason for the decision log: the client's reason, and where it explains a refused
+    /// token value, what the configuration accepts (the classic trailing-slash `iss`). The client
+    /// is told only what it sent itself.
+    pub fn log_reason(&self) -> String {
+        match self {
+            Denial::InvalidToken(e) => match e.accepted() {
+                Some(accepted) => format!("{e}; {accepted}"),
+                None => e.to_string(),
+            },
+            d => d.to_string(),
         }
     }
 }
@@ -218,17 +238,19 @@ pub fn render_denial(denial: &Denial, realm: &str) -> DenialResponse {
     }
 }
 
-/// RFC 6750 error_description: printable ASCII except `"` and `\`.
+/// RFC 6750 error_description: printable ASCII except `"` and `\`. The `…` that marks a cut
+/// value becomes `...`; anything else outside that set becomes `'`.
 fn quoted_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if (' '..='~').contains(&c) && c != '"' && c != '\\' {
-                c
-            } else {
-                '\''
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '…' => out.push_str("..."),
+            '"' | '\\' => out.push('\''),
+            ' '..='~' => out.push(c),
+            _ => out.push('\''),
+        }
+    }
+    out
 }
 
 /// The identity headers of an allowed request: values to set, names to remove (SPEC §4).
@@ -314,6 +336,13 @@ mod tests {
                 "invalid_request",
             ),
             (
+                Denial::BadMethod("'delete'".into()),
+                400,
+                3,
+                None,
+                "invalid_request",
+            ),
+            (
                 Denial::SeveralAuthorizations,
                 400,
                 3,
@@ -349,6 +378,52 @@ mod tests {
         assert_eq!((r.status, r.grpc_code), (503, 14));
         assert!(r.headers.contains(&("retry-after", "7".to_owned())));
         assert!(!r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+    }
+
+    #[test]
+    fn refused_values_reach_the_client_quoted_and_the_log_with_what_is_accepted() {
+        use crate::token::Mismatch;
+        let long = format!("https://iam.example.com/\"{}", "x".repeat(80));
+        let denial = Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
+            Some(&long),
+            "accepted: 'https://iam.example.com'".into(),
+        )));
+        let r = render_denial(&denial, "citadel");
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let reason = body["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("token issuer 'https://iam.example.com/\\\"xxx")
+                && reason.ends_with("…' is not accepted"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("accepted:"),
+            "the client is not told the configuration"
+        );
+        let www = &r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "www-authenticate")
+            .unwrap()
+            .1;
+        let description = www.split("error_description=\"").nth(1).unwrap();
+        let description = description.strip_suffix('"').unwrap();
+        assert!(
+            description
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'),
+            "{www}"
+        );
+        assert!(description.ends_with("...' is not accepted"), "{www}");
+        assert_eq!(
+            denial.log_reason(),
+            format!("{reason}; accepted: 'https://iam.example.com'")
+        );
+        assert_eq!(Denial::NoRule.log_reason(), "no rule matches this request");
+        assert_eq!(
+            Denial::BadMethod(crate::token::quote("delete")).to_string(),
+            "method 'delete' is not an upper-case HTTP token"
+        );
     }
 
     #[test]

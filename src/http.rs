@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::authorizer::{AuthHeader, Authorizer, CheckInput};
+use crate::authorizer::{AuthHeader, Authorizer, CheckInput, NotReady};
 use crate::decision::{Decision, Denial, identity_headers, render_denial};
 use crate::telemetry::Protocol;
 
@@ -58,10 +58,16 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 async fn readyz(State(state): State<HttpState>) -> Response {
     match state.authorizer.readiness() {
         Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "ready" })),
-        Err(reason) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "not_ready", "reason": reason }),
-        ),
+        Err(not_ready) => {
+            let mut body = serde_json::json!({
+                "status": "not_ready",
+                "reason": not_ready.to_string(),
+            });
+            if let NotReady::Issuers(names) = &not_ready {
+                body["issuers"] = names.iter().map(|n| &**n).collect();
+            }
+            json(StatusCode::SERVICE_UNAVAILABLE, body)
+        }
     }
 }
 

@@ -174,6 +174,8 @@ pub enum PathError {
     BadPercent,
     #[error("path is not UTF-8 once decoded")]
     NotUtf8,
+    #[error("path is percent-encoded twice (decoded, it still holds %XX)")]
+    DoubleEncoded,
 }
 
 /// A request path in the one form rules are matched against: decoded once, split into segments.
@@ -260,11 +262,35 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
             }
         }
     }
+    // Decoded once, the path must not still hold an escape: a component that decodes again (or
+    // that an attacker expects to) would see `%2e%2e` become `..` after our check.
+    if out
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+    {
+        return Err(PathError::DoubleEncoded);
+    }
     let s = String::from_utf8(out).map_err(|_| PathError::NotUtf8)?;
     if s.chars().any(char::is_control) {
         return Err(PathError::Control);
     }
     Ok(s)
+}
+
+/// Whether `method` may be matched at all: an upper-case HTTP token (`GET`, `DELETE`, `PURGE`,
+/// `M-SEARCH`). Anything else (`delete`, `Get`, empty, with spaces) is refused, never matched: an
+/// upstream framework that upper-cases methods would run a `DELETE` for `delete`, which a
+/// `DELETE`-only rule never judged, while a rule without `methods` would have let it through.
+pub fn is_upper_case_method(method: &str) -> bool {
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| is_token_char(b) && !b.is_ascii_lowercase())
+}
+
+/// An RFC 9110 `tchar`: what a method or an auth-scheme name is made of.
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -359,14 +385,16 @@ impl Policy {
             }
             for (field, roles) in [("roles_any", &r.roles_any), ("roles_all", &r.roles_all)] {
                 for (j, role) in roles.iter().enumerate() {
+                    // The characters a token's role may not hold (they would break the roles
+                    // header as a list), so that no rule asks for a role no token can carry.
                     if role.is_empty()
-                        || role.contains(',')
+                        || role.contains([',', '"', ';', '\\'])
                         || !role.bytes().all(|b| (0x21..0x7f).contains(&b))
                     {
                         push(
                             format!("{at}.{field}[{j}]"),
                             format!(
-                                "{role:?} is not a role name (printable ASCII, no spaces or commas)"
+                                "{role:?} is not a role name (printable ASCII, none of space , \" ; \\)"
                             ),
                         );
                     }
@@ -664,6 +692,19 @@ mod tests {
     }
 
     #[test]
+    fn only_upper_case_method_tokens_are_matched() {
+        for ok in ["GET", "DELETE", "PURGE", "M-SEARCH", "BREW2", "X_Y"] {
+            assert!(is_upper_case_method(ok), "{ok:?}");
+        }
+        for bad in [
+            "", "delete", "Get", "gET", "GE T", " GET", "GET ", "GET\t", "GE\u{0}T", "GÉT",
+            "GET/1", "GET,POST", "(GET)",
+        ] {
+            assert!(!is_upper_case_method(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_first_matching_pattern_of_a_rule_names_the_tenant() {
         let p = policy("- {name: t, paths: [\"/{t}/acme\", \"/x/{t}\"], tenant_param: t}\n");
         let path = canonicalize("/x/acme").unwrap();
@@ -707,6 +748,12 @@ mod tests {
             ("/api/me%zz", PathError::BadPercent),
             ("/api/%C0%AE%C0%AE/admin", PathError::NotUtf8),
             ("/api/%FF", PathError::NotUtf8),
+            ("/api/public/%252e%252e/admin", PathError::DoubleEncoded),
+            ("/api/%25%32%65%25%32%65/admin", PathError::DoubleEncoded),
+            ("/files/%2525", PathError::DoubleEncoded),
+            ("/a%252Fb", PathError::DoubleEncoded),
+            ("/a%25410", PathError::DoubleEncoded),
+            ("/a/%25Ff", PathError::DoubleEncoded),
         ];
         for (target, want) in cases {
             assert_eq!(canonicalize(target), Err(*want), "{target:?}");
@@ -721,8 +768,16 @@ mod tests {
             &[] as &[String]
         );
         assert_eq!(canonicalize("/a%20b/c").unwrap().segments(), &["a b", "c"]);
-        // Decoded once: %252F is the literal text %2F, not a slash.
-        assert_eq!(canonicalize("/a%252Fb").unwrap().segments(), &["a%2Fb"]);
+        // A lone %25 is a literal %, also next to text that is not two hex digits.
+        assert_eq!(
+            canonicalize("/files/100%25").unwrap().segments(),
+            &["files", "100%"]
+        );
+        assert_eq!(
+            canonicalize("/a%25zz/%25%25").unwrap().segments(),
+            &["a%zz", "%%"]
+        );
+        assert_eq!(canonicalize("/a%25A").unwrap().segments(), &["a%A"]);
         assert_eq!(canonicalize("/caf%C3%A9").unwrap().segments(), &["café"]);
         assert_eq!(canonicalize("/a/...").unwrap().segments(), &["a", "..."]);
         assert_eq!(canonicalize("/a#frag/../x").unwrap().to_path_string(), "/a");
@@ -766,6 +821,14 @@ mod tests {
             (
                 "- {name: a, paths: [/a], roles_all: ['a,b']}",
                 "rules[0].roles_all[0]",
+            ),
+            (
+                "- {name: a, paths: [/a], roles_any: [ok, 'a;b']}",
+                "rules[0].roles_any[1]",
+            ),
+            (
+                "- {name: a, paths: [/a], roles_any: ['a\"b']}",
+                "rules[0].roles_any[0]",
             ),
         ];
         for (yaml, path) in cases {
@@ -896,8 +959,25 @@ mod tests {
                     prop_assert!(!seg.is_empty());
                     prop_assert!(seg != "." && seg != "..");
                     prop_assert!(!seg.contains('/') && !seg.contains('\\') && !seg.contains(';'));
+                    // Decoded once and no more: nothing in a segment would decode again.
+                    let b = seg.as_bytes();
+                    prop_assert!(!b.windows(3).any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some()), "{:?}", seg);
                 }
             }
+        }
+
+        #[test]
+        fn a_percent_that_decodes_to_an_escape_is_refused(
+            prefix in "[a-z]{0,4}",
+            hi in "[0-9a-fA-F]",
+            lo in "[0-9a-fA-F]",
+            encode in proptest::collection::vec(any::<bool>(), 2),
+            suffix in "[a-z]{0,4}",
+        ) {
+            // `%25` then two hex digits, each written as itself or percent-encoded (`%32%65`).
+            let enc = |c: &str, yes: bool| if yes { format!("%{:02X}", c.as_bytes()[0]) } else { c.to_owned() };
+            let target = format!("/x/{prefix}%25{}{}{suffix}", enc(&hi, encode[0]), enc(&lo, encode[1]));
+            prop_assert_eq!(canonicalize(&target), Err(PathError::DoubleEncoded), "{}", target);
         }
 
         #[test]

@@ -52,6 +52,11 @@ impl Protocol {
 }
 
 /// One structured event per decision.
+///
+/// Every text field is recorded as a string value, allow and deny alike, so the text format
+/// quotes and escapes each one the same way (a path or reason with spaces or quotes cannot
+/// pass for another field) and the JSON format has a string; a field with no value (no rule
+/// matched, no identity, no method) is left out rather than printed empty or as a debug form.
 pub fn record_decision(
     protocol: Protocol,
     decision: &Decision,
@@ -64,22 +69,178 @@ pub fn record_decision(
     let latency_us = latency.as_micros() as u64;
     // The path is logged without its query string, which may carry secrets.
     let path = path.split(['?', '#']).next().unwrap_or("");
+    let method = (!method.is_empty()).then_some(method);
+    let path = (!path.is_empty()).then_some(path);
     match decision {
-        Decision::Allow { rule, identity } if log_allows => tracing::info!(
-            target: "citadel_authz::decision",
-            protocol = protocol.as_str(), outcome, rule = %rule, method, path,
-            issuer = identity.as_ref().map(|i| &*i.issuer),
-            sub = identity.as_ref().and_then(|i| i.user_id.as_deref()),
-            tenant = identity.as_ref().and_then(|i| i.tenant_id.as_deref()),
-            latency_us,
-            "allow"
-        ),
+        Decision::Allow { rule, identity } if log_allows => {
+            let identity = identity.as_deref();
+            tracing::info!(
+                target: "citadel_authz::decision",
+                protocol = protocol.as_str(), outcome, rule = &**rule, method, path,
+                issuer = identity.map(|i| &*i.issuer),
+                sub = identity.and_then(|i| i.user_id.as_deref()),
+                tenant = identity.and_then(|i| i.tenant_id.as_deref()),
+                latency_us,
+                "allow"
+            );
+        }
         Decision::Allow { .. } => {}
-        Decision::Deny { rule, denial } => tracing::info!(
-            target: "citadel_authz::decision",
-            protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,
-            reason = %denial, latency_us,
-            "deny"
-        ),
+        Decision::Deny { rule, denial } => {
+            let reason = denial.log_reason();
+            tracing::info!(
+                target: "citadel_authz::decision",
+                protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,
+                reason = reason.as_str(), latency_us,
+                "deny"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::decision::Denial;
+    use crate::token::{Identity, Mismatch, TokenError};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    fn decisions() -> Vec<Decision> {
+        let identity = Identity {
+            issuer: "iam".into(),
+            user_id: Some("alice".into()),
+            tenant_id: None,
+            roles: vec!["reader".into()],
+            expires_at: 0.0,
+        };
+        vec![
+            Decision::Allow {
+                rule: "orders-read".into(),
+                identity: Some(Arc::new(identity)),
+            },
+            Decision::Allow {
+                rule: "health".into(),
+                identity: None,
+            },
+            Decision::Deny {
+                rule: Some("orders-read".into()),
+                denial: Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
+                    Some("https://iam.example.com/"),
+                    "accepted: 'https://iam.example.com'".into(),
+                ))),
+            },
+            Decision::deny(Denial::NoRule),
+            Decision::deny(Denial::BadRequest("no HTTP attributes")),
+        ]
+    }
+
+    fn log_lines(json: bool, method: &str) -> Vec<String> {
+        let buffer = Buffer::default();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO);
+        let dispatch = if json {
+            tracing::Dispatch::new(builder.json().flatten_event(true).finish())
+        } else {
+            tracing::Dispatch::new(builder.finish())
+        };
+        tracing::dispatcher::with_default(&dispatch, || {
+            for d in decisions() {
+                let path = if method.is_empty() {
+                    ""
+                } else {
+                    "/api/orders/1?x=secret"
+                };
+                record_decision(
+                    Protocol::Grpc,
+                    &d,
+                    method,
+                    path,
+                    Duration::from_micros(7),
+                    true,
+                );
+            }
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn allow_and_deny_lines_quote_alike_and_omit_absent_fields() {
+        let lines = log_lines(false, "GET");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        let (allow, public, deny, no_rule) = (&lines[0], &lines[1], &lines[2], &lines[3]);
+        for line in [allow, deny] {
+            assert!(line.contains(r#"rule="orders-read""#), "{line}");
+        }
+        for line in &lines[..4] {
+            assert!(line.contains(r#"method="GET""#), "{line}");
+            assert!(line.contains(r#"path="/api/orders/1""#), "{line}");
+            assert!(!line.contains("secret"), "{line}");
+        }
+        for line in &lines {
+            assert!(!line.contains("Some(") && !line.contains("None"), "{line}");
+        }
+        assert!(
+            allow.contains(r#"issuer="iam""#) && allow.contains(r#"sub="alice""#),
+            "{allow}"
+        );
+        assert!(!allow.contains("tenant="), "{allow}");
+        assert!(
+            !public.contains("issuer=") && !public.contains("sub="),
+            "{public}"
+        );
+        assert!(
+            deny.contains(
+                r#"reason="token issuer 'https://iam.example.com/' is not accepted; accepted: 'https://iam.example.com'""#
+            ),
+            "{deny}"
+        );
+        assert!(!no_rule.contains("rule="), "{no_rule}");
+        let no_target = &log_lines(false, "")[4];
+        assert!(
+            !no_target.contains("method=") && !no_target.contains("path="),
+            "{no_target}"
+        );
+    }
+
+    #[test]
+    fn json_lines_have_string_fields_and_no_nulls() {
+        for line in log_lines(true, "GET") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let obj = v.as_object().unwrap();
+            for (k, field) in obj {
+                assert!(!field.is_null(), "{k} in {line}");
+            }
+            for k in [
+                "rule", "method", "path", "reason", "issuer", "sub", "outcome",
+            ] {
+                if let Some(field) = obj.get(k) {
+                    assert!(field.is_string(), "{k} in {line}");
+                }
+            }
+        }
     }
 }

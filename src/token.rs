@@ -23,6 +23,95 @@ use crate::keys::{Key, KeySet, Selection, algorithm_from_name};
 const MAX_TIME: f64 = 253_402_300_799.0;
 /// Longest identity header value.
 const MAX_HEADER_VALUE: usize = 1024;
+/// Longest part of a token's own value shown in a message; the rest is cut and marked `…`.
+const MAX_QUOTED_CHARS: usize = 64;
+/// Most values of a list shown in a message.
+const MAX_QUOTED_ITEMS: usize = 4;
+
+/// A value that came with the request (attacker-controlled) made safe for a message, a log line
+/// and a header: in single quotes, `'` `"` `\` escaped with `\`, anything but printable ASCII as
+/// `\u{..}`, cut after 64 characters and marked with `…` (never the result of an escape, so a
+/// cut is told apart from a value that ends in dots).
+pub fn quote(value: &str) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(value.len().min(MAX_QUOTED_CHARS) + 3);
+    out.push('\'');
+    let mut chars = value.chars();
+    for c in chars.by_ref().take(MAX_QUOTED_CHARS) {
+        match c {
+            '\'' | '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out.push('\'');
+    out
+}
+
+/// Several values, each quoted, at most four shown (`'a', 'b', … 3 more`); empty for none.
+pub fn quote_list<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    let mut more = 0usize;
+    for (i, v) in values.into_iter().enumerate() {
+        if i >= MAX_QUOTED_ITEMS {
+            more += 1;
+            continue;
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&quote(v));
+    }
+    if more > 0 {
+        out.push_str(&format!(", … {more} more"));
+    }
+    out
+}
+
+/// [`quote_list`], or `none` for an empty list.
+fn quote_list_or_none<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    let list = quote_list(values);
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list
+    }
+}
+
+/// A token value that nothing configured matches: what the token says and what would have been
+/// accepted, both quoted. The token's side is told to the client (it is what the client sent);
+/// the accepted side only goes to the decision log, so a client does not learn the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The token's value, quoted; `None` when the token has none (or not as a string).
+    pub got: Option<String>,
+    /// What the configuration accepts, as a phrase for the log (`accepted: 'a', 'b'`).
+    pub accepted: String,
+}
+
+impl Mismatch {
+    pub fn new(got: Option<&str>, accepted: String) -> Box<Self> {
+        Box::new(Mismatch {
+            got: got.map(quote),
+            accepted,
+        })
+    }
+}
+
+fn mismatch_message(m: &Mismatch, what: &str, absent: &str) -> String {
+    match &m.got {
+        Some(got) => format!("{what} {got} is not accepted"),
+        None => absent.to_owned(),
+    }
+}
 
 /// The verified identity a token carries, in header-safe form.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +139,8 @@ impl Identity {
 pub enum TokenError {
     #[error("token is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("malformed Bearer value: {0}")]
+    Bearer(&'static str),
     #[error("token is not a compact JWS: {0}")]
     Malformed(&'static str),
     #[error("token has a duplicate JSON member")]
@@ -60,12 +151,12 @@ pub enum TokenError {
     Algorithm,
     #[error("token has critical header parameters this server does not understand")]
     Crit,
-    #[error("token type (typ) is not accepted")]
-    Type,
-    #[error("token issuer is not accepted")]
-    Issuer,
-    #[error("no key with the token's kid")]
-    UnknownKid,
+    #[error("{}", mismatch_message(.0, "token type (typ)", "token has no type (typ)"))]
+    Type(Box<Mismatch>),
+    #[error("{}", mismatch_message(.0, "token issuer", "token has no issuer (iss) string"))]
+    Issuer(Box<Mismatch>),
+    #[error("{}", match &.0.got { Some(kid) => format!("no key with the token's kid {kid}"), None => "no key for the token".to_owned() })]
+    UnknownKid(Box<Mismatch>),
     #[error("token's algorithm does not match its key")]
     KeyMismatch,
     #[error("token has no kid and its issuer has several keys for its algorithm")]
@@ -82,10 +173,24 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("claim {0} has the wrong type or range")]
     ClaimType(&'static str),
-    #[error("token audience is not accepted")]
-    Audience,
+    #[error("{}", mismatch_message(.0, "token audience", "token audience is not accepted"))]
+    Audience(Box<Mismatch>),
     #[error("claim {0} cannot be sent in a header")]
     UnsafeClaim(&'static str),
+}
+
+impl TokenError {
+    /// What the configuration would have accepted, where that explains the refusal (for the
+    /// decision log, not for the client).
+    pub fn accepted(&self) -> Option<&str> {
+        match self {
+            TokenError::Type(m)
+            | TokenError::Issuer(m)
+            | TokenError::UnknownKid(m)
+            | TokenError::Audience(m) => Some(&m.accepted),
+            _ => None,
+        }
+    }
 }
 
 /// A token split and decoded, signature not yet checked.
@@ -186,7 +291,13 @@ impl<'t> Unverified<'t> {
                     .any(|allowed| *allowed == normalize_typ(t))
             });
             if !ok {
-                return Err(TokenError::Type);
+                return Err(TokenError::Type(Mismatch::new(
+                    self.typ.as_deref(),
+                    format!(
+                        "accepted: {}",
+                        quote_list_or_none(rules.token_types.iter().map(String::as_str))
+                    ),
+                )));
             }
         }
         Ok(())
@@ -209,7 +320,13 @@ impl<'t> Unverified<'t> {
     pub fn select_key<'k>(&self, keys: &'k KeySet) -> Result<&'k Key, TokenError> {
         match keys.select(self.kid.as_deref(), self.alg) {
             Selection::Found(key) => Ok(key),
-            Selection::UnknownKid => Err(TokenError::UnknownKid),
+            Selection::UnknownKid => Err(TokenError::UnknownKid(Mismatch::new(
+                self.kid.as_deref(),
+                format!(
+                    "the issuer's key set has kids {}",
+                    quote_list_or_none(keys.keys().iter().filter_map(|k| k.kid.as_deref()))
+                ),
+            ))),
             Selection::AlgMismatch => Err(TokenError::KeyMismatch),
             Selection::Ambiguous => Err(TokenError::AmbiguousKey),
         }
@@ -240,8 +357,12 @@ fn check_claims(
     issuer_name: &Arc<str>,
     now: f64,
 ) -> Result<Identity, TokenError> {
-    if claims.get("iss").and_then(Value::as_str) != Some(rules.issuer.as_str()) {
-        return Err(TokenError::Issuer);
+    let iss = claims.get("iss").and_then(Value::as_str);
+    if iss != Some(rules.issuer.as_str()) {
+        return Err(TokenError::Issuer(Mismatch::new(
+            iss,
+            format!("accepted: {}", quote(&rules.issuer)),
+        )));
     }
     let leeway = rules.leeway.as_secs_f64();
     let exp = time_claim(claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
@@ -271,7 +392,10 @@ fn check_claims(
             if role.is_empty() {
                 return Ok(());
             }
-            if !header_safe(role) || role.contains(',') {
+            // An upstream may split the roles header on `,` or on spaces, or parse it as a
+            // structured field (quotes, `;` parameters, `\` escapes): any of those in one role
+            // would show it other roles than the policy judged.
+            if !header_safe(role) || role.contains([' ', ',', '"', ';', '\\']) {
                 return Err(TokenError::UnsafeClaim("roles"));
             }
             if !roles.iter().any(|r| &**r == role) {
@@ -316,15 +440,32 @@ fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<
 
 fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), TokenError> {
     let ok = |s: &str| accepted.iter().any(|a| a == s);
+    let refused = |got: String| {
+        TokenError::Audience(Box::new(Mismatch {
+            got: Some(got),
+            accepted: format!(
+                "accepted: {}",
+                quote_list_or_none(accepted.iter().map(String::as_str))
+            ),
+        }))
+    };
     match aud {
         None => Err(TokenError::MissingClaim("aud")),
-        Some(Value::String(s)) => ok(s).then_some(()).ok_or(TokenError::Audience),
+        Some(Value::String(s)) if ok(s) => Ok(()),
+        Some(Value::String(s)) => Err(refused(quote(s))),
         Some(Value::Array(list)) => {
             let mut found = false;
+            let mut strings = Vec::with_capacity(list.len());
             for v in list {
-                found |= ok(v.as_str().ok_or(TokenError::ClaimType("aud"))?);
+                let s = v.as_str().ok_or(TokenError::ClaimType("aud"))?;
+                found |= ok(s);
+                strings.push(s);
             }
-            found.then_some(()).ok_or(TokenError::Audience)
+            if found {
+                Ok(())
+            } else {
+                Err(refused(format!("[{}]", quote_list(strings))))
+            }
         }
         Some(_) => Err(TokenError::ClaimType("aud")),
     }
@@ -337,7 +478,8 @@ fn string_claim(
 ) -> Result<Option<Box<str>>, TokenError> {
     match lookup(claims, path).map_err(|()| TokenError::ClaimType(label))? {
         None => Ok(None),
-        Some(Value::String(s)) if header_safe(s) => Ok(Some(s.as_str().into())),
+        // A `,` would make one id look like a list of two to an upstream that splits the header.
+        Some(Value::String(s)) if header_safe(s) && !s.contains(',') => Ok(Some(s.as_str().into())),
         Some(Value::String(_)) => Err(TokenError::UnsafeClaim(label)),
         Some(_) => Err(TokenError::ClaimType(label)),
     }
@@ -533,6 +675,13 @@ mod tests {
         check_with(f, token, &rules())
     }
 
+    fn audience(got: &str) -> TokenError {
+        TokenError::Audience(Box::new(Mismatch {
+            got: Some(got.to_owned()),
+            accepted: "accepted: 'api', 'other'".into(),
+        }))
+    }
+
     fn with(mut c: Value, key: &str, v: Value) -> Value {
         if v.is_null() {
             c.as_object_mut().unwrap().remove(key);
@@ -615,23 +764,30 @@ mod tests {
             (
                 "wrong iss",
                 with(claims(), "iss", json!("https://evil.example.com")),
-                Issuer,
+                Issuer(Mismatch::new(
+                    Some("https://evil.example.com"),
+                    "accepted: 'https://iam.example.com'".into(),
+                )),
             ),
             (
                 "no aud",
                 with(claims(), "aud", Value::Null),
                 MissingClaim("aud"),
             ),
-            ("wrong aud", with(claims(), "aud", json!("nope")), Audience),
+            (
+                "wrong aud",
+                with(claims(), "aud", json!("nope")),
+                audience("'nope'"),
+            ),
             (
                 "aud array without ours",
                 with(claims(), "aud", json!(["a", "b"])),
-                Audience,
+                audience("['a', 'b']"),
             ),
             (
                 "aud empty array",
                 with(claims(), "aud", json!([])),
-                Audience,
+                audience("[]"),
             ),
             (
                 "aud number",
@@ -667,6 +823,41 @@ mod tests {
                 "role with comma",
                 with(claims(), "roles", json!(["a,b"])),
                 UnsafeClaim("roles"),
+            ),
+            (
+                "role with a space (array element)",
+                with(claims(), "roles", json!(["reader admin"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "role with a quote",
+                with(claims(), "roles", json!(["reader\"admin"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "role with a semicolon",
+                with(claims(), "roles", json!(["reader;q=1"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "role with a backslash",
+                with(claims(), "roles", json!(["reader\\admin"])),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "role with a comma in a space-separated string",
+                with(claims(), "scope", json!("read a,b")),
+                UnsafeClaim("roles"),
+            ),
+            (
+                "tenant with a comma",
+                with(claims(), "tenant_id", json!("acme,globex")),
+                UnsafeClaim("tenant_id"),
+            ),
+            (
+                "sub with a comma",
+                with(claims(), "sub", json!("alice,bob")),
+                UnsafeClaim("user_id"),
             ),
             (
                 "role with newline",
@@ -716,6 +907,77 @@ mod tests {
         for (name, c, want) in cases {
             assert_eq!(check(&f, &es.mint(&c)), Err(want), "{name}");
         }
+    }
+
+    #[test]
+    fn list_characters_are_fine_where_no_list_is_split() {
+        let f = fixture();
+        // A space inside a user id or tenant id, and `;` `"` `\` there, are not list separators.
+        let c = with(
+            with(claims(), "sub", json!("alice smith;x=\"1\"")),
+            "tenant_id",
+            json!("acme corp"),
+        );
+        let id = check(&f, &f.keys[0].mint(&c)).unwrap();
+        assert_eq!(id.user_id.as_deref(), Some("alice smith;x=\"1\""));
+        assert_eq!(id.tenant_id.as_deref(), Some("acme corp"));
+    }
+
+    #[test]
+    fn quoting_is_bounded_and_escapes_what_could_break_a_message() {
+        assert_eq!(
+            quote("https://iam.example.com/"),
+            "'https://iam.example.com/'"
+        );
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a'b\"c\\d"), r#"'a\'b\"c\\d'"#);
+        assert_eq!(quote("a\r\nb\u{7f}é"), r"'a\u{d}\u{a}b\u{7f}\u{e9}'");
+        let long = "x".repeat(65);
+        assert_eq!(quote(&long), format!("'{}…'", "x".repeat(64)));
+        assert_eq!(quote(&"x".repeat(64)), format!("'{}'", "x".repeat(64)));
+        // Bounded whatever the input: 64 characters, each at most a 10-byte escape.
+        assert!(quote(&"\u{1}".repeat(10_000)).len() < 64 * 10 + 8);
+        assert_eq!(quote_list(["a", "b"]), "'a', 'b'");
+        assert_eq!(
+            quote_list(["a", "b", "c", "d", "e", "f"]),
+            "'a', 'b', 'c', 'd', … 2 more"
+        );
+        assert_eq!(quote_list([]), "");
+    }
+
+    #[test]
+    fn refusals_name_the_token_value_and_the_log_detail_names_the_accepted_ones() {
+        let f = fixture();
+        let e = check(
+            &f,
+            &f.keys[0].mint(&with(claims(), "aud", json!(["web", "api/"]))),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token audience ['web', 'api/'] is not accepted"
+        );
+        assert_eq!(e.accepted(), Some("accepted: 'api', 'other'"));
+        let e = check(
+            &f,
+            &f.keys[0].mint(&with(claims(), "iss", json!("https://iam.example.com/"))),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token issuer 'https://iam.example.com/' is not accepted"
+        );
+        assert_eq!(e.accepted(), Some("accepted: 'https://iam.example.com'"));
+        let e = check(&f, &f.keys[0].mint(&with(claims(), "iss", json!(7)))).unwrap_err();
+        assert_eq!(e.to_string(), "token has no issuer (iss) string");
+        let p = claims().to_string();
+        let e = check(
+            &f,
+            &f.keys[0].sign_raw(r#"{"alg":"ES256","kid":"k\u0000'2"}"#, &p),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), r"no key with the token's kid 'k\u{0}\'2'");
+        assert_eq!(TokenError::Expired.accepted(), None);
     }
 
     #[test]
@@ -846,7 +1108,10 @@ mod tests {
             (
                 "unknown kid",
                 es.sign_raw(r#"{"alg":"ES256","kid":"gone"}"#, &p),
-                UnknownKid,
+                UnknownKid(Mismatch::new(
+                    Some("gone"),
+                    "the issuer's key set has kids 'es', 'rs', 'ed'".into(),
+                )),
             ),
             (
                 "RS256 against EC key",
@@ -967,10 +1232,16 @@ mod tests {
         assert!(check_with(&f, &t("at+jwt"), &r).is_ok());
         assert!(check_with(&f, &t("AT+JWT"), &r).is_ok());
         assert!(check_with(&f, &t("application/at+jwt"), &r).is_ok());
-        assert_eq!(check_with(&f, &t("JWT"), &r), Err(TokenError::Type));
+        let refused = |got| {
+            Err(TokenError::Type(Mismatch::new(
+                got,
+                "accepted: 'at+jwt'".into(),
+            )))
+        };
+        assert_eq!(check_with(&f, &t("JWT"), &r), refused(Some("JWT")));
         assert_eq!(
             check_with(&f, &es.sign_raw(r#"{"alg":"ES256","kid":"es"}"#, &p), &r),
-            Err(TokenError::Type)
+            refused(None)
         );
         // Without an allowlist, any typ passes.
         assert!(check(&f, &t("whatever")).is_ok());

@@ -50,6 +50,10 @@ enum Tok {
     KeysDown,
     /// two Authorization headers (reader + admin)
     Two,
+    /// the reader's token after `Bearer<TAB>`
+    TabReader,
+    /// tenant claim `acme,globex`, roles [reader]
+    ListTenant,
 }
 
 /// What the upstream must see for one identity header.
@@ -365,6 +369,64 @@ const CASES: &[Case] = &[
         except: &[],
     },
     Case {
+        name: "path trick: double encoding",
+        method: "GET",
+        target: "/api/orders/%252e%252e/admin",
+        token: Tok::Reader,
+        headers: &[],
+        expect: BAD_REQUEST,
+        except: &[],
+    },
+    Case {
+        name: "lower-case method → 400, never matched",
+        method: "get",
+        target: "/api/orders/42",
+        token: Tok::Reader,
+        headers: &[],
+        expect: BAD_REQUEST,
+        // nginx accepts only upper-case letters, `_` and `-` in a method, and Envoy's HTTP/1
+        // codec refuses a lower-case one: each answers its own 400 (HTML / text body) before
+        // asking citadel-authz. Caddy passes `get` on in X-Forwarded-Method: our 400.
+        except: &[
+            (
+                Gw::Nginx,
+                Expect::Deny {
+                    status: 400,
+                    www: Www::Absent,
+                    error: None,
+                    retry_after: false,
+                },
+            ),
+            (
+                Gw::EnvoyHttp,
+                Expect::Deny {
+                    status: 400,
+                    www: Www::Absent,
+                    error: None,
+                    retry_after: false,
+                },
+            ),
+        ],
+    },
+    Case {
+        name: "Bearer<TAB>token → 401 invalid_token",
+        method: "GET",
+        target: "/api/orders/42",
+        token: Tok::TabReader,
+        headers: &[],
+        expect: INVALID_TOKEN,
+        except: &[],
+    },
+    Case {
+        name: "tenant claim with a comma → 401 invalid_token",
+        method: "GET",
+        target: "/api/orders/42",
+        token: Tok::ListTenant,
+        headers: &[],
+        expect: INVALID_TOKEN,
+        except: &[],
+    },
+    Case {
         name: "several Authorization values → 400",
         method: "GET",
         target: "/api/orders/42",
@@ -454,6 +516,7 @@ struct Authz {
     no_tenant: String,
     expired: String,
     keys_down: String,
+    list_tenant: String,
     _jwks: JwksServer,
 }
 
@@ -503,6 +566,7 @@ policy:
             no_tenant: key.mint(&no_tenant),
             expired: key.mint(&expired),
             keys_down: down_key.mint(&claims(&down.issuer(), "dan", "acme", &["reader"])),
+            list_tenant: key.mint(&claims(&iss, "bob", "acme,globex", &["reader"])),
             server,
             _jwks: jwks,
         };
@@ -527,6 +591,8 @@ policy:
             Tok::Expired => vec![bearer(&self.expired)],
             Tok::KeysDown => vec![bearer(&self.keys_down)],
             Tok::Two => vec![bearer(&self.reader), bearer(&self.admin)],
+            Tok::TabReader => vec![format!("Bearer\t{}", self.reader)],
+            Tok::ListTenant => vec![bearer(&self.list_tenant)],
         }
     }
 }

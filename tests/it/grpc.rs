@@ -515,3 +515,321 @@ async fn grpc_health_reports_serving_once_ready() {
     );
     server.stop().await;
 }
+
+/// The policy of the issue's report: a method-specific rule before a broader one for the same
+/// paths, and a public prefix.
+const METHOD_POLICY: &str = r#"
+  rules:
+    - name: orders-delete
+      paths: [/api/orders/**]
+      methods: [DELETE]
+      roles_all: [admin]
+    - name: orders
+      paths: [/api/orders/**]
+      roles_any: [reader]
+    - name: public
+      paths: [/api/public/**, /files/**]
+      public: true
+"#;
+
+async fn start_with_policy(
+    policy: &str,
+) -> (InProcess, JwksServer, citadel_authz::signer::SigningKey) {
+    let key = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let yaml = format!(
+        "listen: {{ grpc: 127.0.0.1:0, http: 127.0.0.1:0 }}\nissuers:\n  - name: iam\n    issuer: {}\n    jwks_uri: {}\n    audiences: [api]\npolicy:\n{policy}",
+        jwks.issuer(),
+        jwks.jwks_uri()
+    );
+    let server = InProcess::start(&yaml).await;
+    server.wait_ready().await;
+    (server, jwks, key)
+}
+
+/// A reader's `delete` once matched the method-less rule (allowed) while an upstream that
+/// upper-cases methods ran a DELETE. Now every adapter refuses it before matching: 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_that_is_not_upper_case_is_refused_by_every_adapter() {
+    let (server, jwks, key) = start_with_policy(METHOD_POLICY).await;
+    let reader = key.mint(&claims(&jwks.issuer(), "bob", "acme", &["reader"]));
+    let auth = bearer(&reader);
+    let headers = [("authorization", auth.as_str())];
+
+    // gRPC: the upper-case forms are judged; anything else is invalid_request.
+    let resp = server.check("DELETE", "/api/orders/1", &headers).await;
+    assert_eq!(status_of(&resp), 403, "{resp:?}");
+    assert_eq!(
+        status_of(&server.check("GET", "/api/orders/1", &headers).await),
+        200
+    );
+    for method in ["delete", "Delete", "Get", "", "DE LETE", " DELETE"] {
+        let resp = server.check(method, "/api/orders/1", &headers).await;
+        assert_eq!(status_of(&resp), 400, "{method:?}: {resp:?}");
+        assert_eq!(resp.status.as_ref().unwrap().code, 3, "{method:?}");
+        assert_eq!(body_of(&resp)["error"], "invalid_request", "{method:?}");
+    }
+    // Also on a public route: the method is refused before any rule is looked at.
+    assert_eq!(status_of(&server.check("get", "/files/a", &[]).await), 400);
+
+    // Forward-auth, both header pairs and the path-prefix form.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/iam/check-access", server.http);
+    for (m, u) in [
+        ("X-Forwarded-Method", "X-Forwarded-Uri"),
+        ("X-Original-Method", "X-Original-URI"),
+    ] {
+        for (method, status) in [("delete", 400), ("DELETE", 403), ("GET", 200)] {
+            let r = http
+                .get(&url)
+                .header(m, method)
+                .header(u, "/api/orders/1")
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), status, "{m}: {method}");
+        }
+    }
+    for (method, status) in [("delete", 400), ("DELETE", 403)] {
+        let r = http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{url}/api/orders/1"),
+            )
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "prefix form: {method}");
+        if status == 400 {
+            let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(body["error"], "invalid_request");
+            assert_eq!(
+                body["reason"],
+                "method 'delete' is not an upper-case HTTP token"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// `%252e%252e` is `%2e%2e` once decoded: a component that decodes again sees `..`. Refused with
+/// 400 before matching (it used to match the public prefix); a lone `%25` is a literal `%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_encoded_path_is_refused() {
+    let (server, _jwks, _key) = start_with_policy(METHOD_POLICY).await;
+    for path in [
+        "/api/public/%252e%252e/admin",
+        "/api/public/%25%32%65%25%32%65/admin",
+        "/api/public/%2525",
+        "/api/public/%252F",
+    ] {
+        let resp = server.check("GET", path, &[]).await;
+        assert_eq!(status_of(&resp), 400, "{path}: {resp:?}");
+        assert_eq!(body_of(&resp)["error"], "invalid_request", "{path}");
+    }
+    assert_eq!(
+        status_of(&server.check("GET", "/files/100%25", &[]).await),
+        200
+    );
+    server.stop().await;
+}
+
+/// Values an upstream could read as a list are refused, so it never sees other values than the
+/// policy judged: 401 invalid_token naming the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_values_that_would_read_as_lists_make_the_token_invalid() {
+    let s = setup().await;
+    let iss = s.iam.issuer();
+    let mut cases = Vec::new();
+    cases.push((
+        "tenant_id",
+        claims(&iss, "alice", "acme,globex", &["member"]),
+    ));
+    cases.push(("user_id", claims(&iss, "alice,root", "acme", &["member"])));
+    for role in [
+        "member admin",
+        "member,admin",
+        "member;admin",
+        "member\"",
+        "a\\b",
+    ] {
+        cases.push(("roles", claims(&iss, "alice", "acme", &[role])));
+    }
+    for (claim, c) in cases {
+        let resp = s
+            .server
+            .check_token("/api/tenants/acme/x", &s.key.mint(&c))
+            .await;
+        assert_eq!(status_of(&resp), 401, "{c}: {resp:?}");
+        assert_eq!(body_of(&resp)["error"], "invalid_token", "{c}");
+        assert_eq!(
+            body_of(&resp)["reason"],
+            format!("claim {claim} cannot be sent in a header"),
+            "{c}"
+        );
+    }
+    // A space-separated roles string is split first: each role is clean.
+    let mut c = claims(&iss, "alice", "acme", &[]);
+    c["roles"] = json!("member admin");
+    let resp = s
+        .server
+        .check_token("/api/tenants/acme/x", &s.key.mint(&c))
+        .await;
+    assert_eq!(status_of(&resp), 200, "{resp:?}");
+    assert_eq!(
+        header_of(&resp, "x-user-roles").as_deref(),
+        Some("member,admin")
+    );
+    s.server.stop().await;
+}
+
+/// `Bearer<TAB>token` and friends are a malformed Bearer value (401 with `error="invalid_token"`),
+/// over gRPC and forward-auth alike; only another scheme is "no credentials".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_with_other_whitespace_is_an_invalid_token_not_missing_credentials() {
+    let s = setup().await;
+    let token = s
+        .key
+        .mint(&claims(&s.iam.issuer(), "alice", "acme", &["reader"]));
+    let invalid = "Bearer realm=\"citadel\", error=\"invalid_token\", error_description=\"malformed Bearer value";
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/iam/check-access/api/orders/1", s.server.http);
+    for value in [
+        format!("Bearer\t{token}"),
+        format!("bearer\t{token}"),
+        format!("Bearer \t{token}"),
+        "Bearer".to_owned(),
+        "Bearer  ".to_owned(),
+    ] {
+        let resp = s
+            .server
+            .check("GET", "/api/orders/1", &[("authorization", &value)])
+            .await;
+        // Never the whole token in a failure message.
+        let what = format!("{:?}", &value[..value.len().min(12)]);
+        assert_eq!(status_of(&resp), 401, "{what}");
+        let www = header_of(&resp, "www-authenticate").unwrap_or_default();
+        assert!(www.starts_with(invalid), "{what}: {www}");
+        let r = http
+            .get(&url)
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{what}");
+        let www = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(www.starts_with(invalid), "forward-auth {what}: {www}");
+    }
+    for value in [format!("bEaReR {token}"), format!("Bearer   {token}  ")] {
+        let resp = s
+            .server
+            .check("GET", "/api/orders/1", &[("authorization", &value)])
+            .await;
+        assert_eq!(status_of(&resp), 200, "{:?}", &value[..12]);
+    }
+    for value in ["Basic\tYTpi", "Token abc"] {
+        let resp = s
+            .server
+            .check("GET", "/api/orders/1", &[("authorization", value)])
+            .await;
+        assert_eq!(status_of(&resp), 401, "{value}");
+        assert_eq!(
+            header_of(&resp, "www-authenticate").as_deref(),
+            Some("Bearer realm=\"citadel\"")
+        );
+    }
+    s.server.stop().await;
+}
+
+/// A refused iss, aud, typ or kid is named (quoted, bounded) in the client's reason, so the
+/// classic trailing-slash mistake is visible; what the server accepts is not told to clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_tokens_own_value() {
+    let s = setup().await;
+    let iss = s.iam.issuer();
+    let slash = s
+        .key
+        .mint(&claims(&format!("{iss}/"), "alice", "acme", &["reader"]));
+    let mut aud = claims(&iss, "alice", "acme", &["reader"]);
+    aud["aud"] = json!(["web", "api/"]);
+    let other_kid =
+        key(Algorithm::ES256, "rotated-2").mint(&claims(&iss, "alice", "acme", &["reader"]));
+    let long_iss = format!("https://{}\".example.com", "x".repeat(100));
+    let long = s.key.mint(&claims(&long_iss, "alice", "acme", &["reader"]));
+    let cases = [
+        (slash, format!("token issuer '{iss}/' is not accepted")),
+        (
+            s.key.mint(&aud),
+            "token audience ['web', 'api/'] is not accepted".to_owned(),
+        ),
+        (
+            other_kid,
+            "no key with the token's kid 'rotated-2'".to_owned(),
+        ),
+        (
+            long,
+            format!("token issuer 'https://{}…' is not accepted", "x".repeat(56)),
+        ),
+    ];
+    for (token, reason) in cases {
+        let resp = s.server.check_token("/api/orders/1", &token).await;
+        assert_eq!(status_of(&resp), 401, "{reason}");
+        assert_eq!(body_of(&resp)["reason"], reason.as_str());
+        let www = header_of(&resp, "www-authenticate").unwrap();
+        let description = reason.replace('…', "...");
+        assert!(
+            www.ends_with(&format!("error_description=\"{description}\"")),
+            "{www}"
+        );
+        assert!(!www.contains("accepted:"), "{www}");
+    }
+    s.server.stop().await;
+}
+
+/// Every issuer without a key set is named by /readyz, not only the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_every_unready_issuer() {
+    let key = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let (down1, down2) = (free_port(), free_port());
+    let yaml = format!(
+        r#"
+listen: {{ grpc: 127.0.0.1:0, http: 127.0.0.1:0 }}
+issuers:
+  - name: down-a
+    issuer: https://a.example.com
+    jwks_uri: http://127.0.0.1:{down1}/jwks
+    audiences: [api]
+  - name: iam
+    issuer: {iss}
+    jwks_uri: {uri}
+    audiences: [api]
+  - name: down-b
+    issuer: https://b.example.com
+    jwks_uri: http://127.0.0.1:{down2}/jwks
+    audiences: [api]
+jwks: {{ fetch_timeout: 500ms }}
+policy:
+{POLICY}
+"#,
+        iss = jwks.issuer(),
+        uri = jwks.jwks_uri(),
+    );
+    let server = InProcess::start(&yaml).await;
+    let token = key.mint(&claims(&jwks.issuer(), "alice", "acme", &["reader"]));
+    server.wait_status("/api/orders/1", &token, 200).await;
+    let r = reqwest::get(format!("http://{}/readyz", server.http))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["issuers"], json!(["down-a", "down-b"]), "{body}");
+    assert_eq!(
+        body["reason"], "issuers down-a, down-b have no usable key set yet",
+        "{body}"
+    );
+    server.stop().await;
+}

@@ -350,3 +350,84 @@ async fn binary_reloads_on_sighup_logs_refusals_with_the_field_and_drains_on_sig
     let status = guard.terminate(Duration::from_secs(15)).expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// The decision log (JSON, the real binary) explains a refused token value: the token's own value
+/// and what the configuration accepts, quoted; allow and deny events carry the same string fields;
+/// the token never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_log_names_refused_values_with_what_is_accepted() {
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &jwks, OPEN);
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grpc: 127.0.0.1:0", &format!("grpc: 127.0.0.1:{grpc_port}"))
+        .replace("http: 127.0.0.1:0", &format!("http: 127.0.0.1:{http_port}"));
+    std::fs::write(&cfg, format!("{text}decision_log: all\n")).unwrap();
+    let mut cmd = Command::new(authz_bin());
+    cmd.args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info");
+    let mut guard = ChildGuard::spawn("citadel-authz serve", cmd, dir.path().join("serve.log"));
+    let base = format!("http://127.0.0.1:{http_port}");
+    eventually(Duration::from_secs(20), "ready", || async {
+        (reqwest::get(format!("{base}/readyz")).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let iss = jwks.issuer();
+    let good = k.mint(&claims(&iss, "alice", "acme", &["reader"]));
+    let slash = k.mint(&claims(&format!("{iss}/"), "alice", "acme", &["reader"]));
+    let mut aud = claims(&iss, "alice", "acme", &["reader"]);
+    aud["aud"] = serde_json::json!("api/");
+    let aud = k.mint(&aud);
+    let kid = key(Algorithm::ES256, "k2").mint(&claims(&iss, "alice", "acme", &["reader"]));
+    let mut tokens = Vec::new();
+    for (token, status) in [(&good, 200), (&slash, 401), (&aud, 401), (&kid, 401)] {
+        let req = citadel_authz::client::check_request(
+            "GET",
+            "/api/me",
+            &[("authorization".into(), format!("Bearer {token}"))],
+        );
+        let resp = citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
+            .await
+            .unwrap();
+        assert_eq!(status_of(&resp), status);
+        tokens.push(token.clone());
+    }
+    let status = guard.terminate(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let log = guard.log_text();
+    let decisions: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == "citadel_authz::decision")
+        .collect();
+    assert_eq!(decisions.len(), 4, "{log}");
+    let reasons: Vec<&str> = decisions[1..]
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            format!("token issuer '{iss}/' is not accepted; accepted: '{iss}'").as_str(),
+            "token audience 'api/' is not accepted; accepted: 'api'",
+            "no key with the token's kid 'k2'; the issuer's key set has kids 'k1'",
+        ],
+        "{log}"
+    );
+    for d in &decisions {
+        for field in ["rule", "method", "path", "outcome", "protocol"] {
+            assert!(d[field].is_string(), "{field} in {d}");
+        }
+    }
+    for token in &tokens {
+        let (signing_input, signature) = token.rsplit_once('.').unwrap();
+        assert!(
+            !log.contains(signature) && !log.contains(signing_input),
+            "a token in the log"
+        );
+    }
+}

@@ -3,7 +3,14 @@
 //!
 //! The hot path is [`IssuerKeys::current`]: one atomic load of an immutable snapshot, no lock.
 //! Fetches run in spawned tasks; waiters subscribe to a `watch` channel, so no lock is ever held
-//! across an `.await` and a cancelled request never cancels a fetch others wait on.
+//! across an `.await` and a cancelled request never cancels a fetch others wait on. A fetch task
+//! that dies (a panic) still clears its single-flight slot and answers its waiters.
+//!
+//! The background refresh is scheduled from the key set in force, whoever installed it, so a set
+//! from an unknown-`kid` refetch with a short max-age is refreshed in time; while fetches fail it
+//! retries with a backoff of at most `refresh_min`. Timing never panics on large durations.
+//!
+//! URLs appear in logs and errors only through [`redact_url`]: no userinfo, no query.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,14 +26,30 @@ use crate::keys::KeySet;
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// First retry delay after a failed fetch; doubles up to `refresh_min`.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// Longest part of a discovery document's `issuer` quoted in an error.
+const MAX_QUOTED_CHARS: usize = 200;
 
 /// One successfully fetched key set.
 #[derive(Debug)]
 pub struct Loaded {
     pub keys: KeySet,
     pub fetched_at: Instant,
-    /// `fetched_at` + max-age clamped to [refresh_min, refresh_max].
-    pub expires_at: Instant,
+    /// Max-age clamped to [refresh_min, refresh_max]: how long the set is fresh. Kept as a
+    /// duration (not `fetched_at + ttl`) so no configured value can overflow an `Instant`.
+    pub ttl: Duration,
+}
+
+impl Loaded {
+    /// Time since the fetch (zero if the clock reads earlier).
+    pub fn age(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.fetched_at)
+    }
+
+    /// When the background refresh should fetch again: at 90% of the lifetime, so no check waits
+    /// on an expired set. `None` when that is beyond what an `Instant` can hold (never).
+    fn refresh_at(&self) -> Option<Instant> {
+        self.fetched_at.checked_add(self.ttl - self.ttl / 10)
+    }
 }
 
 /// Why a fetch failed (logged and counted; never shown to clients).
@@ -36,10 +59,15 @@ pub enum FetchError {
     Discovery(String),
     #[error("refused URL: {0}")]
     Refused(String),
+    /// `url` is already redacted.
     #[error("GET {url}: {message}")]
     Http { url: String, message: String },
+    /// `url` is already redacted.
     #[error("{url}: {message}")]
     Document { url: String, message: String },
+    /// The fetch task ended without a result (it panicked).
+    #[error("the fetch task ended without a result")]
+    Aborted,
 }
 
 /// What an unknown-`kid` refetch produced.
@@ -73,8 +101,14 @@ pub struct IssuerKeys {
     timing: JwksTiming,
     client: reqwest::Client,
     current: ArcSwapOption<Loaded>,
+    /// Counts installed sets: the background refresh wakes on each one to follow the set in
+    /// force. Dropped with `self`, which also ends the refresher.
+    installed: watch::Sender<u64>,
     state: Mutex<FetchState>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Test hook: the next fetch task panics.
+    #[cfg(test)]
+    panic_next_fetch: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -117,8 +151,11 @@ impl IssuerKeys {
             timing,
             client,
             current: ArcSwapOption::empty(),
+            installed: watch::Sender::new(0),
             state: Mutex::new(FetchState::default()),
             metrics,
+            #[cfg(test)]
+            panic_next_fetch: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -133,7 +170,7 @@ impl IssuerKeys {
     /// The usable key set: loaded and not stale past `max_stale`. Lock-free.
     pub fn current(&self) -> Option<Arc<Loaded>> {
         let loaded = self.current.load_full()?;
-        (Instant::now() < loaded.expires_at + self.timing.max_stale).then_some(loaded)
+        (loaded.age() < loaded.ttl.saturating_add(self.timing.max_stale)).then_some(loaded)
     }
 
     /// Ready: a usable, non-empty key set.
@@ -183,12 +220,7 @@ impl IssuerKeys {
                 None => self.start_fetch(&mut st),
             }
         };
-        wait(rx).await.unwrap_or_else(|| {
-            Err(FetchError::Http {
-                url: String::new(),
-                message: "fetch task ended".into(),
-            })
-        })
+        wait(rx).await.unwrap_or(Err(FetchError::Aborted))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FetchState> {
@@ -200,40 +232,70 @@ impl IssuerKeys {
         let (tx, rx) = watch::channel(None);
         st.inflight = Some(rx.clone());
         let discovered = st.discovered.clone();
-        let this = Arc::clone(self);
+        let guard = FetchGuard {
+            keys: Arc::clone(self),
+            tx: Some(tx),
+        };
         tokio::spawn(async move {
-            let result = this.fetch_once(discovered).await;
-            {
-                let mut st = this.lock();
-                st.inflight = None;
-                st.last_ok = result.is_ok();
-                match &result {
-                    Ok((loaded, uri)) => {
-                        this.current.store(Some(Arc::clone(loaded)));
-                        st.discovered = uri.clone();
-                    }
-                    Err(_) => st.discovered = None,
-                }
-            }
-            let result = result.map(|(loaded, _)| loaded);
-            this.metrics.record_fetch(&this.name, result.is_ok());
-            match &result {
-                Ok(l) => {
-                    tracing::info!(issuer = %this.name, keys = l.keys.len(), ttl_s = (l.expires_at - l.fetched_at).as_secs(), "JWKS fetched");
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %this.name, error = %e, "JWKS fetch failed");
-                }
-            }
-            let _ = tx.send(Some(result));
+            let result = guard.keys.fetch_once(discovered).await;
+            guard.complete(result);
         });
         rx
     }
+
+    /// Record a fetch's outcome, install a new set, free the single-flight slot and answer the
+    /// waiters. Runs exactly once per fetch task, also when the task panicked.
+    fn finish(
+        &self,
+        result: Result<(Arc<Loaded>, Option<String>), FetchError>,
+        tx: &watch::Sender<Option<FetchResult>>,
+    ) {
+        {
+            let mut st = self.lock();
+            st.inflight = None;
+            st.last_ok = result.is_ok();
+            match &result {
+                Ok((loaded, uri)) => {
+                    self.current.store(Some(Arc::clone(loaded)));
+                    st.discovered = uri.clone();
+                }
+                Err(_) => st.discovered = None,
+            }
+        }
+        let result = result.map(|(loaded, _)| loaded);
+        if result.is_ok() {
+            self.installed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        self.metrics.record_fetch(&self.name, result.is_ok());
+        match &result {
+            Ok(l) => {
+                tracing::info!(issuer = %self.name, keys = l.keys.len(), ttl_s = l.ttl.as_secs(), "JWKS fetched");
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.name, error = %e, "JWKS fetch failed");
+            }
+        }
+        let _ = tx.send(Some(result));
+    }
+
+    #[cfg(test)]
+    fn test_hook(&self) {
+        if self
+            .panic_next_fetch
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("injected panic in a JWKS fetch");
+        }
+    }
+
+    #[cfg(not(test))]
+    fn test_hook(&self) {}
 
     async fn fetch_once(
         &self,
         discovered: Option<String>,
     ) -> Result<(Arc<Loaded>, Option<String>), FetchError> {
+        self.test_hook();
         let (url, remember) = match (&self.source, discovered) {
             (JwksSource::Uri(u), _) => (u.clone(), None),
             (JwksSource::Discovery, Some(u)) => (u.clone(), Some(u)),
@@ -242,10 +304,10 @@ impl IssuerKeys {
                 (u.clone(), Some(u))
             }
         };
-        fetch_url_allowed(&url, self.allow_http).map_err(FetchError::Refused)?;
+        check_url(&url, self.allow_http).map_err(FetchError::Refused)?;
         let (body, headers) = self.get(&url).await?;
         let (keys, skipped) = KeySet::from_jwks(&body).map_err(|message| FetchError::Document {
-            url: url.clone(),
+            url: redact_url(&url),
             message,
         })?;
         for why in skipped {
@@ -255,13 +317,11 @@ impl IssuerKeys {
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(cache_max_age);
-        let ttl = ttl_for(max_age, &self.timing);
-        let fetched_at = Instant::now();
         Ok((
             Arc::new(Loaded {
                 keys,
-                fetched_at,
-                expires_at: fetched_at + ttl,
+                fetched_at: Instant::now(),
+                ttl: ttl_for(max_age, &self.timing),
             }),
             remember,
         ))
@@ -272,29 +332,40 @@ impl IssuerKeys {
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        fetch_url_allowed(&url, self.allow_http).map_err(FetchError::Refused)?;
+        check_url(&url, self.allow_http).map_err(FetchError::Refused)?;
         let (body, _) = self.get(&url).await?;
+        let shown = redact_url(&url);
         let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| FetchError::Discovery(format!("{url}: not JSON: {e}")))?;
-        // OpenID Connect Discovery §4.3: the document's issuer must be the one we asked.
-        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
-            return Err(FetchError::Discovery(format!(
-                "{url}: issuer does not match {}",
-                self.issuer
-            )));
+            .map_err(|e| FetchError::Discovery(format!("{shown}: not JSON: {e}")))?;
+        // OpenID Connect Discovery §4.3: the document's issuer must be the one we asked. Both are
+        // shown so a trailing `/` or a wrong host is seen at once; the document's value is the
+        // IdP's, so it is quoted (escaped) and cut short.
+        match doc.get("issuer") {
+            Some(serde_json::Value::String(s)) if *s == self.issuer => {}
+            found => {
+                let found = match found {
+                    Some(serde_json::Value::String(s)) => quoted_bounded(s),
+                    None => "none".to_owned(),
+                    Some(other) => format!("a JSON {}", json_type(other)),
+                };
+                return Err(FetchError::Discovery(format!(
+                    "{shown}: the document's issuer {found} does not match the configured issuer {}",
+                    quoted_bounded(&redact_url(&self.issuer))
+                )));
+            }
         }
         let jwks_uri = doc
             .get("jwks_uri")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| FetchError::Discovery(format!("{url}: no jwks_uri")))?;
-        fetch_url_allowed(jwks_uri, self.allow_http)
+            .ok_or_else(|| FetchError::Discovery(format!("{shown}: no jwks_uri")))?;
+        check_url(jwks_uri, self.allow_http)
             .map_err(|m| FetchError::Refused(format!("discovered jwks_uri {m}")))?;
         Ok(jwks_uri.to_owned())
     }
 
     async fn get(&self, url: &str) -> Result<(Vec<u8>, reqwest::header::HeaderMap), FetchError> {
         let err = |message: String| FetchError::Http {
-            url: url.to_owned(),
+            url: redact_url(url),
             message,
         };
         let mut resp = self
@@ -306,7 +377,7 @@ impl IssuerKeys {
             )
             .send()
             .await
-            .map_err(|e| err(error_chain(&e)))?;
+            .map_err(|e| err(error_chain(&e.without_url())))?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(err(format!("status {}", resp.status())));
         }
@@ -318,8 +389,12 @@ impl IssuerKeys {
         }
         let headers = resp.headers().clone();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| err(error_chain(&e)))? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| err(error_chain(&e.without_url())))?
+        {
+            if body.len().saturating_add(chunk.len()) > MAX_DOCUMENT_BYTES {
                 return Err(err(format!("larger than {MAX_DOCUMENT_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
@@ -327,32 +402,146 @@ impl IssuerKeys {
         Ok((body, headers))
     }
 
-    /// Keep the key set fresh until `stop` fires: refresh ahead of expiry, retry failures with
-    /// backoff (first 500 ms, doubling, at most `refresh_min`).
+    /// Keep the key set fresh until `stop` fires. The next fetch is due at 90% of the lifetime of
+    /// the set in force, recomputed whenever any fetch (also an unknown-`kid` refetch) installs a
+    /// set; after a failed fetch it retries with backoff (first 500 ms, doubling, at most
+    /// `refresh_min`) until one succeeds, so an issuer that is stale or was never loaded recovers
+    /// within about `refresh_min` of its IdP coming back.
     pub async fn refresh_loop(this: std::sync::Weak<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(me) = this.upgrade() else { return };
+        let mut installed = me.installed.subscribe();
+        drop(me);
         let mut backoff = FIRST_RETRY;
+        // `None`: no timer (a lifetime too long for an `Instant`); a new set still wakes us.
+        let mut next = Some(Instant::now());
         loop {
-            // Held only while fetching: once no configuration uses this issuer (a reload removed
-            // or replaced it), the loop ends at its next wake-up.
-            let Some(me) = this.upgrade() else { return };
-            let delay = match me.fetch().await {
-                Ok(loaded) => {
-                    backoff = FIRST_RETRY;
-                    // Refresh at 90% of the lifetime so no check waits on an expired set.
-                    (loaded.expires_at - loaded.fetched_at).mul_f64(0.9)
-                }
-                Err(_) => {
-                    let d = backoff.min(me.timing.refresh_min);
-                    backoff = (backoff * 2).min(me.timing.refresh_min);
-                    d
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
-            drop(me);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+            // Decide first, act after: nothing of `select!` (a `watch::Ref`) lives across the fetch.
+            let installed_changed = tokio::select! {
+                _ = due => None,
+                changed = installed.changed() => Some(changed.is_ok()),
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            // Held only while fetching: once no configuration uses this issuer (a reload removed or
+            // replaced it), the loop ends.
+            let Some(me) = this.upgrade() else { return };
+            match installed_changed {
+                // The sender lives in `IssuerKeys`: an error means it is gone.
+                Some(false) => return,
+                // Another fetch installed a set: follow it.
+                Some(true) => {
+                    backoff = FIRST_RETRY;
+                    next = me.current.load_full().and_then(|l| l.refresh_at());
+                }
+                None => {
+                    let result = me.fetch().await;
+                    // This fetch's own set (or a newer one) is in force now: no wake-up for it.
+                    installed.borrow_and_update();
+                    next = match (result, me.current.load_full()) {
+                        (Ok(_), Some(loaded)) => {
+                            backoff = FIRST_RETRY;
+                            loaded.refresh_at()
+                        }
+                        _ => {
+                            let delay = backoff.min(me.timing.refresh_min);
+                            backoff = backoff.saturating_mul(2).min(me.timing.refresh_min);
+                            Instant::now().checked_add(delay)
+                        }
+                    };
+                }
             }
         }
+    }
+}
+
+/// Ends a fetch task's single flight whatever happens to the task: on a normal end it carries
+/// the result; dropped without one (the task panicked), it frees the slot and answers the
+/// waiters with an error, so the next request starts a new fetch instead of joining a dead one.
+struct FetchGuard {
+    keys: Arc<IssuerKeys>,
+    tx: Option<watch::Sender<Option<FetchResult>>>,
+}
+
+impl FetchGuard {
+    fn complete(mut self, result: Result<(Arc<Loaded>, Option<String>), FetchError>) {
+        if let Some(tx) = self.tx.take() {
+            self.keys.finish(result, &tx);
+        }
+    }
+}
+
+impl Drop for FetchGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.keys.finish(Err(FetchError::Aborted), &tx);
+        }
+    }
+}
+
+/// [`fetch_url_allowed`] with the URL in its message redacted.
+fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
+    fetch_url_allowed(url, allow_http).map_err(|message| {
+        let shown = redact_url(url);
+        message
+            .replace(&format!("{url:?}"), &format!("{shown:?}"))
+            .replace(url, &shown)
+    })
+}
+
+/// A URL as it may appear in logs, errors and metrics: without userinfo (`user:pass@`), query
+/// and fragment, which may carry credentials (`?api_key=`). For JWKS, discovery and
+/// introspection URLs alike. A string that does not parse as a URL is cut the same way by hand.
+pub fn redact_url(url: &str) -> String {
+    // Nothing to remove: keep the text exactly as configured (the parser would normalise it).
+    if !url.contains(['@', '?', '#']) {
+        return url.to_owned();
+    }
+    if let Ok(mut parsed) = url::Url::parse(url)
+        && parsed.has_host()
+    {
+        // Cannot fail on a URL with a host.
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        parsed.set_query(None);
+        parsed.set_fragment(None);
+        return parsed.into();
+    }
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}{rest}")
+}
+
+/// `s` as a JSON-style quoted string (control characters escaped), at most
+/// [`MAX_QUOTED_CHARS`] characters of it.
+fn quoted_bounded(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &s[..cut]),
+        None => format!("{s:?}"),
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
     }
 }
 
@@ -398,14 +587,241 @@ pub fn cache_max_age(value: &str) -> Option<Duration> {
 /// How long a fetched set is kept: max-age clamped to [refresh_min, refresh_max]; refresh_max
 /// when the response has none.
 pub fn ttl_for(max_age: Option<Duration>, t: &JwksTiming) -> Duration {
+    // min-then-max rather than `clamp`, which panics if the bounds are ever inverted.
     max_age
         .unwrap_or(t.refresh_max)
-        .clamp(t.refresh_min, t.refresh_max)
+        .min(t.refresh_max)
+        .max(t.refresh_min)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A minimal HTTP/1.1 server on 127.0.0.1:0: `answer(path)` gives status and body; every
+    /// response is JSON and closes the connection. Counts requests.
+    async fn serve(
+        answer: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+    ) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&hits);
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answer = Arc::clone(&answer);
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&req);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (status, body) = answer(&path);
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    /// Key store for one issuer described by `issuer_yaml` (the fields after `name`).
+    fn issuer_keys(issuer_yaml: &str, jwks_yaml: &str) -> Arc<IssuerKeys> {
+        let yaml = format!(
+            "issuers:\n  - name: iam\n{issuer_yaml}    audiences: [api]\njwks: {{ {jwks_yaml} }}\npolicy:\n  rules:\n    - name: me\n      paths: [/me]\n"
+        );
+        let config = crate::config::Config::from_yaml(&yaml, std::path::Path::new(".")).unwrap();
+        Arc::new(IssuerKeys::new(
+            &config.issuers[0],
+            config.jwks.clone(),
+            http_client(&config.jwks).unwrap(),
+            Arc::new(crate::metrics::Metrics::new()),
+        ))
+    }
+
+    fn jwks_body() -> String {
+        let k = crate::signer::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1");
+        serde_json::json!({ "keys": [k.jwk()] }).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_task_does_not_wedge_the_issuer() {
+        let body = jwks_body();
+        let (addr, hits) = serve(move |_| (200, body.clone())).await;
+        let keys = issuer_keys(
+            &format!("    issuer: http://{addr}\n    jwks_uri: http://{addr}/jwks\n"),
+            "refresh_min: 10ms",
+        );
+        keys.panic_next_fetch.store(true, Ordering::SeqCst);
+        // The waiters of the dead task get an answer, not a hang.
+        let first = tokio::time::timeout(Duration::from_secs(5), keys.refetch_for_unknown_kid())
+            .await
+            .unwrap();
+        assert!(matches!(first, Refetch::Failed), "{first:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        // The single-flight slot was freed: the next request starts a real fetch.
+        tokio::time::sleep(Duration::from_millis(20)).await; // past the 10 ms cooldown
+        let second = tokio::time::timeout(Duration::from_secs(5), keys.refetch_for_unknown_kid())
+            .await
+            .unwrap();
+        assert!(matches!(second, Refetch::Fetched(_)), "{second:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert!(keys.is_ready());
+    }
+
+    /// Everything logged while the guard lives, as text (current-thread runtime: the spawned
+    /// fetch tasks log on this thread).
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_fetches_show_urls_without_userinfo_or_query() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (addr, _) = serve(|path| match path {
+            p if p.starts_with("/missing") => (404, "{}".to_owned()),
+            _ => (200, "<html>".to_owned()),
+        })
+        .await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let secret_urls = [
+            format!("http://alice:hunter2@{closed}/jwks?api_key=s3cr3t"),
+            format!("http://alice:hunter2@{addr}/missing?api_key=s3cr3t#frag"),
+            format!("http://alice:hunter2@{addr}/html?api_key=s3cr3t"),
+        ];
+        let mut errors = Vec::new();
+        for url in &secret_urls {
+            let keys = issuer_keys(
+                &format!("    issuer: http://{addr}\n    jwks_uri: {url}\n"),
+                "refresh_min: 1s",
+            );
+            errors.push(keys.fetch().await.unwrap_err().to_string());
+        }
+        // Everything logged meanwhile (ours and the HTTP stack's debug lines) is free of them
+        // too. Whether our WARN line is captured depends on tracing's per-callsite interest cache,
+        // which a test on another thread may have filled first; its text is the Display of the error,
+        // which is checked in any case.
+        let logged = capture.text();
+        for text in errors.iter().chain([&logged]) {
+            for secret in ["alice", "hunter2", "api_key", "s3cr3t", "frag"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        assert!(
+            errors[0].contains(&format!("http://{closed}/jwks")),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("status 404"), "{}", errors[1]);
+        assert!(errors[2].contains("not JSON"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn redact_url_drops_userinfo_query_and_fragment() {
+        assert_eq!(
+            redact_url("https://u:p@iam.example.com:8443/jwks?api_key=x#f"),
+            "https://iam.example.com:8443/jwks"
+        );
+        assert_eq!(
+            redact_url("https://iam.example.com/jwks"),
+            "https://iam.example.com/jwks"
+        );
+        // Not a URL the parser takes: cut by hand the same way.
+        assert_eq!(redact_url("u:p@host/jwks?k=v"), "host/jwks");
+        assert_eq!(redact_url("ht tp://u:p@h/x?k"), "ht tp://h/x");
+        assert_eq!(redact_url("ftp://u:p@[::1/x?k"), "ftp://[::1/x");
+    }
+
+    #[test]
+    fn a_refused_url_is_reported_redacted() {
+        let e = check_url("ftp://u:hunter2@iam.example.com/jwks?api_key=x", false).unwrap_err();
+        assert!(e.contains("ftp://iam.example.com/jwks"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("api_key"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_discovery_issuer_mismatch_shows_both_issuers_quoted_and_bounded() {
+        let long = format!("https://evil.example/\u{1b}[31m{}", "a".repeat(5000));
+        let doc = serde_json::json!({ "issuer": long, "jwks_uri": "https://x/jwks" }).to_string();
+        let (addr, _) = serve(move |_| (200, doc.clone())).await;
+        let keys = issuer_keys(
+            &format!("    issuer: http://{addr}\n    discovery: true\n"),
+            "refresh_min: 1s",
+        );
+        let e = keys.fetch().await.unwrap_err().to_string();
+        assert!(e.contains("\"https://evil.example/\\u{1b}[31maaa"), "{e}");
+        assert!(
+            e.contains(&format!("configured issuer \"http://{addr}\"")),
+            "{e}"
+        );
+        assert!(e.len() < 600, "{} bytes", e.len());
+        assert!(!e.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn huge_durations_never_overflow() {
+        let t = JwksTiming {
+            refresh_min: Duration::MAX,
+            refresh_max: Duration::MAX,
+            max_stale: Duration::MAX,
+            fetch_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(ttl_for(Some(Duration::from_secs(5)), &t), Duration::MAX);
+        // Inverted bounds (refused by config validation) still do not panic.
+        let inverted = JwksTiming {
+            refresh_min: Duration::from_secs(60),
+            refresh_max: Duration::from_secs(1),
+            ..t.clone()
+        };
+        assert_eq!(ttl_for(None, &inverted), Duration::from_secs(60));
+        let loaded = Loaded {
+            keys: KeySet::default(),
+            fetched_at: Instant::now(),
+            ttl: Duration::MAX,
+        };
+        assert_eq!(loaded.refresh_at(), None);
+        assert!(loaded.age() < loaded.ttl.saturating_add(t.max_stale));
+    }
 
     #[test]
     fn cache_control_parsing() {

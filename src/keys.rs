@@ -3,7 +3,8 @@
 //!
 //! Pure: no I/O. Only RSA ≥ 2048 bits, EC P-256/P-384 and Ed25519 signature keys are kept; `oct`
 //! keys, `use: enc` keys, keys of unknown type or malformed keys are skipped (and reported so the
-//! fetcher can log them). A token's `alg` must fit the key's type and the key's own `alg`.
+//! fetcher can log them), and so are known-weak keys: Ed25519 points of small order and RSA moduli
+//! with the ROCA fingerprint. A token's `alg` must fit the key's type and the key's own `alg`.
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
@@ -252,11 +253,20 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
             let n = b64(required("n")?, "n")?;
             let e = b64(required("e")?, "e")?;
             let n_trim = trim_zeros(&n);
-            let bits = n_trim.len() * 8 - n_trim.first().map_or(8, |b| b.leading_zeros() as usize);
+            // An empty or all-zero modulus has no first byte: 0 bits, not an underflow.
+            let bits = n_trim
+                .first()
+                .map_or(0, |b| n_trim.len() * 8 - b.leading_zeros() as usize);
             if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                 return Err(format!(
                     "RSA key of {bits} bits (need {MIN_RSA_BITS}..={MAX_RSA_BITS})"
                 ));
+            }
+            if has_roca_fingerprint(n_trim) {
+                return Err(
+                    "RSA modulus has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered"
+                        .to_owned(),
+                );
             }
             let e_trim = trim_zeros(&e);
             if e_trim.is_empty() || e_trim.len() > 8 || e_trim[e_trim.len() - 1] & 1 == 0 {
@@ -302,6 +312,12 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
             if x.len() != 32 {
                 return Err("Ed25519 key is not 32 bytes".to_owned());
             }
+            if is_small_order_ed25519(&x) {
+                return Err(
+                    "Ed25519 key is a point of small order: signatures with it prove nothing"
+                        .to_owned(),
+                );
+            }
             (KeyKind::Ed25519, DecodingKey::from_ed_der(&x), x.clone(), x)
         }
         "oct" => return Err("symmetric (oct) keys are never used".to_owned()),
@@ -328,6 +344,104 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
         verifiers,
         fingerprint: fingerprint(kind, &material),
     })
+}
+
+/// The y coordinates (little-endian, sign bit clear) of every encoding of a point of small order
+/// on edwards25519. The 8-torsion has 8 points, with y in {0, 1, -1, y8, -y8}; an encoded y is
+/// any 255-bit value, so the non-canonical encodings p (= 0) and p + 1 (= 1) decode to them too
+/// (y + p fits in 255 bits only for y < 19). With either sign bit that is all 14 encodings,
+/// including the "negative zero" x of the identity and of the order-2 point. Such a key verifies
+/// forged signatures (the identity with R = identity, S = 0 verifies any message), so it is never
+/// used. Derived by decompressing each candidate and checking 8·P = identity; the list matches
+/// libsodium's blocklist.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = [
+    // y = 0: the two points of order 4
+    [
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ],
+    // y = 1: the identity (order 1)
+    [
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ],
+    // y = -1 = p - 1: the point of order 2
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y8: two points of order 8
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    // -y8 = p - y8: the other two points of order 8
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    // y = p: a non-canonical 0
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = p + 1: a non-canonical 1
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Whether a 32-byte Ed25519 public key encodes a point of small order (either sign bit).
+fn is_small_order_ed25519(x: &[u8]) -> bool {
+    let Ok(mut y) = <[u8; 32]>::try_from(x) else {
+        return false;
+    };
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
+}
+
+/// The primes of the published ROCA fingerprint (Nemec et al., "The Return of Coppersmith's
+/// Attack", CCS 2017, and its detect tool): Infineon's RSALib made primes p = k·M + (65537^a mod M),
+/// so their product N, modulo each of these primes r, lies in the subgroup generated by 65537.
+const ROCA_PRIMES: [u32; 38] = [
+    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97,
+    101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+];
+
+/// The ROCA (CVE-2017-15361) fingerprint test on a big-endian modulus. A modulus not made by the
+/// vulnerable library passes all 38 residue checks with probability about 2^-154.
+fn has_roca_fingerprint(n: &[u8]) -> bool {
+    ROCA_PRIMES.iter().all(|&r| {
+        // acc < r ≤ 167, so acc·256 + 255 stays far below u32::MAX.
+        let residue = n
+            .iter()
+            .fold(0u32, |acc, &b| ((acc << 8) | u32::from(b)) % r);
+        in_subgroup_of_65537(residue, r)
+    })
+}
+
+/// Whether `residue` is a power of 65537 modulo the prime `r` (at most r - 1 steps, r ≤ 167).
+fn in_subgroup_of_65537(residue: u32, r: u32) -> bool {
+    let g = 65537 % r;
+    let mut x = 1;
+    for _ in 0..r {
+        if x == residue {
+            return true;
+        }
+        x = x * g % r;
+        if x == 1 {
+            break;
+        }
+    }
+    false
 }
 
 fn b64(s: &str, name: &str) -> Result<Vec<u8>, String> {
@@ -469,5 +583,113 @@ mod tests {
         let (s2, _) = set(vec![a.jwk(), b.jwk()]);
         assert_eq!(s1.keys()[0].fingerprint, s2.keys()[0].fingerprint);
         assert_ne!(s2.keys()[0].fingerprint, s2.keys()[1].fingerprint);
+    }
+    #[test]
+    fn an_empty_or_all_zero_rsa_modulus_is_refused_not_a_panic() {
+        for n in ["", "AAAA"] {
+            let (ks, skipped) = set(vec![json!({"kty": "RSA", "kid": "z", "n": n, "e": "AQAB"})]);
+            assert!(ks.is_empty());
+            assert!(skipped[0].contains("0 bits"), "{skipped:?}");
+        }
+    }
+
+    /// Every encoding of a point of small order on edwards25519: the y coordinates 0, 1, -1, ±y8
+    /// (order 8) and the non-canonical p and p + 1, each with either sign bit.
+    fn small_order_encodings() -> Vec<[u8; 32]> {
+        SMALL_ORDER_Y
+            .iter()
+            .flat_map(|y| {
+                let mut signed = *y;
+                signed[31] |= 0x80;
+                [*y, signed]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ed25519_keys_of_small_order_are_ignored_in_every_encoding() {
+        let encodings = small_order_encodings();
+        assert_eq!(encodings.len(), 14);
+        let jwks: Vec<Value> = encodings
+            .iter()
+            .enumerate()
+            .map(|(i, x)| json!({"kty": "OKP", "crv": "Ed25519", "kid": format!("w{i}"), "x": URL_SAFE_NO_PAD.encode(x)}))
+            .collect();
+        let (ks, skipped) = set(jwks);
+        assert!(ks.is_empty(), "{:?}", ks.keys());
+        assert_eq!(skipped.len(), 14, "{skipped:?}");
+        assert!(
+            skipped.iter().all(|s| s.contains("small order")),
+            "{skipped:?}"
+        );
+        // Ordinary keys are kept.
+        for i in 0..20 {
+            let ed = SigningKey::generate(Algorithm::EdDSA, &format!("d{i}"));
+            assert_eq!(set(vec![ed.jwk()]).0.len(), 1);
+        }
+    }
+
+    #[test]
+    fn ed25519_small_order_key_would_verify_a_forgery() {
+        // Why the check matters: with the identity as public key, R = identity and S = 0 verify
+        // any message, so anyone could mint tokens "signed" by it.
+        let identity = SMALL_ORDER_Y[1];
+        let parsed = ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, identity).unwrap();
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        assert!(parsed.verify_sig(b"any message", &sig).is_ok());
+    }
+
+    /// A real 2048-bit RSA key whose primes have the Infineon (ROCA) form; see
+    /// tests/vectors/gen_roca_key.py.
+    fn roca_modulus() -> Vec<u8> {
+        let pem = include_str!("../tests/vectors/roca_rsa2048.pem");
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).unwrap();
+        use aws_lc_rs::signature::KeyPair;
+        kp.public_key()
+            .modulus()
+            .big_endian_without_leading_zero()
+            .to_vec()
+    }
+
+    #[test]
+    fn rsa_moduli_with_the_roca_fingerprint_are_ignored() {
+        let n = roca_modulus();
+        assert_eq!(n.len(), 256);
+        assert!(has_roca_fingerprint(&n));
+        let (ks, skipped) = set(vec![
+            json!({"kty": "RSA", "kid": "roca", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"}),
+        ]);
+        assert!(ks.is_empty());
+        assert!(skipped[0].contains("ROCA"), "{skipped:?}");
+        // Ordinary keys are not flagged (a random modulus passes with probability about 2^-154).
+        for i in 0..8 {
+            let rsa = SigningKey::generate(Algorithm::RS256, &format!("r{i}"));
+            let n = URL_SAFE_NO_PAD
+                .decode(rsa.jwk()["n"].as_str().unwrap())
+                .unwrap();
+            assert!(!has_roca_fingerprint(&n));
+            assert_eq!(set(vec![rsa.jwk()]).0.len(), 1);
+        }
+    }
+
+    #[test]
+    fn roca_fingerprint_residue_test_matches_the_published_masks() {
+        // detect.py of the ROCA authors keeps, per prime, a bit mask of the residues in the
+        // subgroup generated by 65537; the first ones are 6, 30, 126, 1026, 5658.
+        let masks: Vec<u64> = ROCA_PRIMES[..5]
+            .iter()
+            .map(|&p| {
+                (0..p)
+                    .filter(|&r| in_subgroup_of_65537(r, p))
+                    .map(|r| 1u64 << r)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(masks, [6, 30, 126, 1026, 5658]);
     }
 }

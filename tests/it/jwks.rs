@@ -356,3 +356,162 @@ async fn weak_symmetric_and_encryption_keys_are_ignored() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_refresh_follows_a_set_installed_by_an_unknown_kid_refetch() {
+    let a = key(Algorithm::ES256, "a");
+    let b = key(Algorithm::ES256, "b");
+    let jwks = JwksServer::start(&[&a]).await;
+    // The first set lives long: the refresher's own fetch alone would wait ~2 minutes.
+    jwks.set_max_age(Some(120));
+    let server = start(&jwks, "  refresh_min: 200ms\n  refresh_max: 10m").await;
+    server.wait_ready().await;
+    let token_a = a.mint(&claims(&jwks.issuer(), "alice", "acme", &["reader"]));
+    let token_b = b.mint(&claims(&jwks.issuer(), "bob", "acme", &["reader"]));
+    // Rotation with a short max-age: the unknown-kid refetch installs a set that lives 1 s.
+    jwks.set_keys(&[&a, &b]);
+    jwks.set_max_age(Some(1));
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &token_b).await),
+        200
+    );
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &token_a).await),
+        200
+    );
+    // Key a is removed at the IdP: refused within refresh_min + the latest max-age (1.2 s),
+    // with slack for a loaded machine, far below the 2 minutes of the first set.
+    jwks.set_keys(&[&b]);
+    let removed = std::time::Instant::now();
+    server.wait_status("/api/orders/1", &token_a, 401).await;
+    assert!(
+        removed.elapsed() < Duration::from_secs(5),
+        "removed key accepted for {:?}",
+        removed.elapsed()
+    );
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &token_b).await),
+        200
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_issuer_recovers_within_refresh_min_of_its_idp_coming_back() {
+    let a = key(Algorithm::ES256, "a");
+    let b = key(Algorithm::ES256, "b");
+    let jwks = JwksServer::start(&[&a]).await;
+    jwks.set_max_age(Some(120));
+    // max_stale below refresh_max: a set installed with a short max-age goes stale long before
+    // the refresher's first timer would fire.
+    let server = start(
+        &jwks,
+        "  refresh_min: 300ms\n  refresh_max: 10m\n  max_stale: 500ms",
+    )
+    .await;
+    server.wait_ready().await;
+    jwks.set_keys(&[&a, &b]);
+    jwks.set_max_age(Some(1));
+    let token_b = b.mint(&claims(&jwks.issuer(), "bob", "acme", &["reader"]));
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &token_b).await),
+        200
+    );
+    // The IdP goes down: past max-age + max_stale the issuer is unavailable.
+    jwks.set_mode(Mode::Fail);
+    server.wait_status("/api/orders/1", &token_b, 503).await;
+    let failed = jwks.fetches();
+    // While unavailable it keeps retrying (backoff at most refresh_min).
+    let jwks_c = jwks.clone();
+    eventually(Duration::from_secs(5), "retries while stale", || {
+        let n = jwks_c.fetches();
+        async move { (n >= failed + 2).then_some(()) }
+    })
+    .await;
+    // The IdP comes back: ready again within about refresh_min.
+    jwks.set_mode(Mode::Serve);
+    let back = std::time::Instant::now();
+    server.wait_ready().await;
+    assert!(
+        back.elapsed() < Duration::from_secs(3),
+        "recovered only after {:?}",
+        back.elapsed()
+    );
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &token_b).await),
+        200
+    );
+    server.stop().await;
+}
+
+/// The ROCA-form RSA key of tests/vectors (PKCS#8), for signing.
+fn roca_key_pair() -> aws_lc_rs::rsa::KeyPair {
+    use base64::Engine;
+    let pem = include_str!("../vectors/roca_rsa2048.pem");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_order_ed25519_and_roca_rsa_keys_are_ignored() {
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let good = key(Algorithm::ES256, "good");
+    let roca = roca_key_pair();
+    let modulus = roca
+        .public_key()
+        .modulus()
+        .big_endian_without_leading_zero()
+        .to_vec();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let jwks = JwksServer::start(&[]).await;
+    jwks.set_raw_keys(vec![
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "identity", "x": b64.encode(identity)}),
+        serde_json::json!({"kty": "RSA", "kid": "roca", "n": b64.encode(&modulus), "e": "AQAB"}),
+        good.jwk(),
+    ]);
+    let server = start(&jwks, "  refresh_min: 30s").await;
+    server.wait_ready().await;
+    let payload = claims(&jwks.issuer(), "eve", "acme", &["reader"]).to_string();
+    // Against the identity point, R = identity and S = 0 "verify" any message.
+    let header = r#"{"alg":"EdDSA","kid":"identity"}"#;
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let forged = format!(
+        "{}.{}.{}",
+        b64.encode(header),
+        b64.encode(&payload),
+        b64.encode(sig)
+    );
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &forged).await),
+        401
+    );
+    // A token really signed with the ROCA key (whose private key an attacker can recover).
+    let header = r#"{"alg":"RS256","kid":"roca"}"#;
+    let input = format!("{}.{}", b64.encode(header), b64.encode(&payload));
+    let mut sig = vec![0u8; roca.public_modulus_len()];
+    roca.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    let roca_token = format!("{input}.{}", b64.encode(&sig));
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &roca_token).await),
+        401
+    );
+    let ok = good.mint(&claims(&jwks.issuer(), "a", "acme", &["reader"]));
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &ok).await),
+        200
+    );
+    server.stop().await;
+}

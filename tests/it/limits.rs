@@ -344,7 +344,7 @@ async fn many_slow_clients_are_all_cut_and_memory_stays_bounded() {
     assert_eq!(cut.len(), CLIENTS);
     let last = cut.iter().max().unwrap().duration_since(started);
     assert!(
-        last < Duration::from_secs(5),
+        last < Duration::from_secs(8),
         "all slow clients are cut near the 1 s header timeout; the last after {last:?}"
     );
     let grown_mib = peak.saturating_sub(before) / 1024;

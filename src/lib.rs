@@ -10,12 +10,14 @@
 //! Layout: a pure core — [`config`] (YAML → validated config), [`policy`] (rules, canonical
 //! paths), [`token`] (JWT → identity), [`keys`] (JWKS → key set), [`decision`] (outcomes and their
 //! wire form) — joined by [`authorizer`]; I/O at the edges — [`jwks`] (fetching), [`grpc`] and
-//! [`http`] (adapters), [`server`] (listeners, lifecycle), [`dev`] (the demo issuer).
+//! [`http`] (adapters), [`server`] (listeners, lifecycle), [`conn`] (connection bounds), [`dev`]
+//! (the demo issuer).
 
 pub mod authorizer;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod decision;
 pub mod dev;
 pub mod grpc;

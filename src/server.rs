@@ -2,7 +2,8 @@
 //! bounded graceful shutdown.
 //!
 //! Listeners are bound before anything else runs, so a bad address fails at once (and port 0
-//! works for tests). The servers start before the first JWKS fetch: readiness turns true as key
+//! works for tests). Every listener is bounded (see [`crate::conn`]): connections per listener,
+//! header and idle time on HTTP; streams, message size, keep-alive and preface time on gRPC. The servers start before the first JWKS fetch: readiness turns true as key
 //! sets arrive, while checks for issuers already loaded are answered.
 
 use std::net::SocketAddr;
@@ -14,11 +15,10 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::authorizer::Authorizer;
 use crate::config::{Config, GrpcListen};
+use crate::conn::{Admission, MAX_HEADER_BYTES};
 use crate::grpc::AuthzService;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
@@ -26,6 +26,25 @@ use crate::reload::KeyStores;
 
 /// How often readiness is mirrored into gRPC health.
 const HEALTH_POLL: Duration = Duration::from_millis(200);
+
+/// File mode of the gRPC unix socket when `listen.grpc_socket_mode` is not set: owner and group
+/// may connect (run the gateway in this process's group), nobody else. Connecting needs write
+/// permission on the socket, so the process umask alone would usually shut the group out.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// The largest gRPC message accepted. A `CheckRequest` carries the request's method, path and
+/// headers (no body unless the gateway is told to send one): this is four times Envoy's default
+/// 60 KiB header limit. Larger messages are refused with `OUT_OF_RANGE` (tonic's answer).
+pub const MAX_GRPC_MESSAGE: usize = 256 * 1024;
+
+/// Concurrent gRPC streams per connection (checks in flight on one connection). A gateway that
+/// needs more opens another connection, which counts under the connection cap.
+const MAX_GRPC_STREAMS: u32 = 128;
+
+/// HTTP/2 PINGs on an idle gRPC connection, and how long an answer may take before the
+/// connection is dropped: a peer that went away stops holding its place under the cap.
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Startup failures: nothing is served.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +100,11 @@ impl Listeners {
                     std::fs::remove_file(path).map_err(bind_err)?;
                 }
                 let listener = UnixListener::bind(path).map_err(bind_err)?;
-                if let Some(mode) = config.listen.grpc_socket_mode {
+                let mode = config
+                    .listen
+                    .grpc_socket_mode
+                    .unwrap_or(DEFAULT_SOCKET_MODE);
+                {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                         .map_err(bind_err)?;
@@ -151,6 +174,7 @@ pub async fn start(
     let stores = KeyStores::new(Arc::clone(&metrics), stop_rx.clone());
     let shutdown_grace = config.shutdown_grace;
     let shutdown_delay = config.shutdown_delay;
+    let limits = config.connections.clone();
     if config.policy.is_empty() {
         tracing::warn!("the policy has no rules: every request will be denied (403)");
     }
@@ -162,11 +186,19 @@ pub async fn start(
 
     // gRPC: ext_authz + grpc.health.v1, SERVING exactly while ready.
     let (health, health_service) = tonic_health::server::health_reporter();
+    // TCP keep-alive is set on each accepted socket by `conn` (tonic ignores its own setting
+    // for a custom incoming stream).
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_GRPC_STREAMS)
+        .http2_max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(
-            &authorizer,
-        ))));
+        .add_service(
+            AuthorizationServer::new(AuthzService::new(Arc::clone(&authorizer)))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE),
+        );
+    let grpc_admission = Admission::new("gRPC", limits.max_connections);
     let mut unix_socket = None;
     let shutdown = wait_stop(stop_rx.clone());
     match listeners.grpc {
@@ -176,7 +208,13 @@ pub async fn start(
                 tokio::spawn(
                     Arc::clone(&tls).watch(crate::tls::RELOAD_INTERVAL, wait_stop(stop_rx.clone())),
                 );
-                let incoming = crate::tls::incoming(l, tls, wait_stop(stop_rx.clone()));
+                let incoming = crate::tls::incoming(
+                    l,
+                    tls,
+                    grpc_admission,
+                    limits.header_timeout,
+                    wait_stop(stop_rx.clone()),
+                );
                 tasks.spawn(async move {
                     grpc.serve_with_incoming_shutdown(incoming, shutdown)
                         .await
@@ -184,11 +222,12 @@ pub async fn start(
                 });
             }
             None => {
-                let incoming = TcpListenerStream::new(l).map(|s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let incoming = crate::conn::grpc_incoming(
+                    l,
+                    grpc_admission,
+                    limits.header_timeout,
+                    wait_stop(stop_rx.clone()),
+                );
                 tasks.spawn(async move {
                     grpc.serve_with_incoming_shutdown(incoming, shutdown)
                         .await
@@ -198,7 +237,12 @@ pub async fn start(
         },
         GrpcListener::Unix(l, path) => {
             unix_socket = Some(path);
-            let incoming = UnixListenerStream::new(l);
+            let incoming = crate::conn::grpc_incoming(
+                l,
+                grpc_admission,
+                limits.header_timeout,
+                wait_stop(stop_rx.clone()),
+            );
             tasks.spawn(async move {
                 grpc.serve_with_incoming_shutdown(incoming, shutdown)
                     .await
@@ -214,15 +258,10 @@ pub async fn start(
             },
             options.extra_routes,
         );
-        let shutdown = wait_stop(stop_rx.clone());
+        let stop = stop_rx.clone();
         tasks.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| e.to_string())
+            crate::conn::serve_http(listener, app, limits, stop).await;
+            Ok(())
         });
     }
 
@@ -265,7 +304,11 @@ pub async fn start(
         }
     });
 
-    tracing::info!(grpc = ?grpc_addr.map(|a| a.to_string()).or_else(|| unix_socket.as_ref().map(|p| format!("unix:{}", p.display()))), http = ?http_addr, "listening");
+    tracing::info!(
+        grpc = %listening_on(grpc_addr, unix_socket.as_deref()),
+        http = %http_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        "listening"
+    );
     Ok(Running {
         grpc_addr,
         http_addr,
@@ -276,6 +319,15 @@ pub async fn start(
         shutdown_grace,
         shutdown_delay,
     })
+}
+
+/// The gRPC listener as a person writes it in the config: `host:port` or `unix:/path`.
+fn listening_on(tcp: Option<SocketAddr>, unix: Option<&std::path::Path>) -> String {
+    match (tcp, unix) {
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(path)) => format!("unix:{}", path.display()),
+        (None, None) => "unknown".to_owned(),
+    }
 }
 
 async fn wait_stop(mut rx: watch::Receiver<bool>) {

@@ -9,7 +9,8 @@
 //! the whole config, not only the certificate, also drops the TLS session cache, so a client
 //! certificate that a new CA no longer accepts cannot come back through session resumption.
 //!
-//! Handshakes run in their own tasks, bounded by [`HANDSHAKE_TIMEOUT`]: a slow or failing client
+//! Connections are admitted under the listener's connection cap before their handshake, and
+//! handshakes run in their own tasks, bounded by `limits.header_timeout`: a slow or failing client
 //! never holds up the accept loop. Failures are logged at debug and only close that connection.
 
 use std::io;
@@ -34,12 +35,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::{GrpcListen, Listen, TlsFiles};
+use crate::conn::{Admission, Guarded, H2_PREFACE_LEN, next_admitted};
 
 /// How often the watcher looks at the certificate files.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A TLS handshake that takes longer than this is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the TLS material cannot be used. Each names the config field whose file is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -331,39 +330,38 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accept TCP connections on `listener` until `stop` completes, handshake each in its own task,
-/// and yield the established TLS connections (for `serve_with_incoming_shutdown`). The listening
-/// socket is closed when `stop` completes.
+/// Accept TCP connections on `listener` under `admission` until `stop` completes, handshake each
+/// in its own task, and yield the established TLS connections (for
+/// `serve_with_incoming_shutdown`). The handshake, and then the client's HTTP/2 preface, must each
+/// arrive within `timeout`. The listening socket is closed when `stop` completes.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    admission: Arc<Admission>,
+    timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> ReceiverStream<Result<TlsConn, std::convert::Infallible>> {
+) -> ReceiverStream<Result<Guarded<TlsConn>, std::convert::Infallible>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut stop = std::pin::pin!(stop);
         loop {
-            let accepted = tokio::select! {
+            let (tcp, permit) = tokio::select! {
                 _ = &mut stop => return,
-                a = listener.accept() => a,
+                c = next_admitted(&listener, &admission) => c,
             };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // E.g. out of file descriptors: back off a little instead of spinning.
-                    tracing::warn!(error = %e, "gRPC TLS listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Ok(peer) = tcp.peer_addr() else {
+                // The peer is already gone.
+                continue;
             };
-            let _ = tcp.set_nodelay(true);
             let info = tcp.connect_info();
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
-                        let _ = tx.send(Ok(TlsConn { inner, info })).await;
+                        let conn = Guarded::new(TlsConn { inner, info }, Some(permit))
+                            .hello_within(H2_PREFACE_LEN, timeout);
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -10,5 +10,6 @@ mod envoy;
 mod gateways;
 mod grpc;
 mod jwks;
+mod limits;
 mod ops;
 mod tls;

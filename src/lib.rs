@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod http;
 pub mod jwks;
 pub mod keys;
+pub mod lint;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

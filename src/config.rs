@@ -981,6 +981,11 @@ impl Config {
             &mut issues,
         );
 
+        // A field that could not be read also fails the checks that need its value (`audiences:
+        // oops` is then also "required"): its first problem says it.
+        let mut seen = HashSet::new();
+        issues.0.retain(|i| seen.insert(i.path.clone()));
+
         match (issues.0.is_empty(), policy) {
             (true, Some(policy)) => Ok(Config {
                 listen,
@@ -1810,6 +1815,14 @@ policy:
                 "jwks.refresh_max",
             ],
         );
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_read_is_reported_once() {
+        let text = BASE.replace("[https://api.example.com]", "oops");
+        let err = load(&text).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["issuers[0].audiences"]);
+        assert!(err.to_string().contains("invalid type"), "{err}");
     }
 
     #[test]

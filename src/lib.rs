@@ -25,6 +25,7 @@ pub mod keys;
 pub mod lint;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod reload;
 pub mod server;
 pub mod signer;

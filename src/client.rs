@@ -140,3 +140,27 @@ pub fn describe(resp: &CheckResponse) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in [
+            "127.0.0.1:9191",
+            "localhost:9191",
+            "http://127.0.0.1:9191",
+            "unix:/run/authz.sock",
+            "unix:///run/authz.sock",
+        ] {
+            assert!(endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in ["unix:", "unix:///", "not an address"] {
+            assert!(
+                matches!(endpoint(bad), Err(CheckError::Address(_))),
+                "{bad}"
+            );
+        }
+    }
+}

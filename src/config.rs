@@ -14,6 +14,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::policy::{Policy, RawRule};
 
@@ -39,6 +41,8 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigError {
     pub issues: Vec<ConfigIssue>,
+    /// Warnings found on the way (see [`Config::warnings`]); not part of the message.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 impl fmt::Display for ConfigError {
@@ -60,39 +64,30 @@ impl ConfigError {
                 path: path.into(),
                 message: message.into(),
             }],
+            warnings: Vec::new(),
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw form: exactly what the YAML says.
+// Raw form: exactly what the YAML says, read field by field (see [`Fields`]).
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawConfig {
-    #[serde(default)]
     listen: Option<RawListen>,
-    #[serde(default)]
     realm: Option<String>,
-    #[serde(default)]
-    issuers: Vec<RawIssuer>,
-    #[serde(default)]
+    /// Issuers that could be read, each with its index in the YAML list (kept for field paths).
+    issuers: Vec<(usize, RawIssuer)>,
+    /// Entries in the YAML `issuers` list, readable or not.
+    issuers_listed: usize,
     jwks: RawJwks,
-    #[serde(default)]
     headers: RawHeaders,
-    #[serde(default)]
     limits: RawLimits,
-    #[serde(default)]
     forward_auth: RawForwardAuth,
-    #[serde(default)]
     token_cache: RawTokenCache,
-    #[serde(default)]
     decision_log: Option<DecisionLog>,
-    #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
     shutdown_delay: Option<Duration>,
-    #[serde(default)]
     policy: Option<RawPolicyRef>,
 }
 
@@ -106,134 +101,507 @@ enum DecisionLog {
     All,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawTokenCache {
-    #[serde(default)]
     capacity: Option<u64>,
-    #[serde(default, with = "humantime_serde")]
     max_ttl: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawListen {
-    #[serde(default)]
     grpc: Option<String>,
-    #[serde(default)]
     http: Option<String>,
     /// File mode of the gRPC unix socket, as an octal string (`"0660"`).
-    #[serde(default)]
     grpc_socket_mode: Option<String>,
-    #[serde(default)]
     grpc_tls: Option<RawTls>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
-    #[serde(default)]
     client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawIssuer {
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     issuer: Option<String>,
-    #[serde(default)]
     jwks_uri: Option<String>,
-    #[serde(default)]
     discovery: bool,
-    #[serde(default)]
     allow_http: bool,
-    #[serde(default)]
     audiences: Option<Vec<String>>,
-    #[serde(default)]
     algorithms: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde")]
     leeway: Option<Duration>,
-    #[serde(default)]
     token_types: Vec<String>,
-    #[serde(default)]
     claims: RawClaims,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawClaims {
-    #[serde(default)]
     user_id: Option<String>,
-    #[serde(default)]
     tenant_id: Option<String>,
-    #[serde(default)]
     roles: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawJwks {
-    #[serde(default, with = "humantime_serde")]
     refresh_min: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
     refresh_max: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
     max_stale: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
     fetch_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawHeaders {
-    #[serde(default)]
     user_id: Option<String>,
-    #[serde(default)]
     tenant_id: Option<String>,
-    #[serde(default)]
     roles: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawLimits {
-    #[serde(default)]
     max_token_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
     header_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
-    #[serde(default)]
     max_connections: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawForwardAuth {
-    #[serde(default)]
     trusted_proxies: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawPolicyRef {
-    #[serde(default)]
     file: Option<PathBuf>,
-    #[serde(default)]
-    rules: Option<Vec<RawRule>>,
+    rules: Option<RawRules>,
 }
 
-/// A policy file: `rules:` and nothing else.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPolicyFile {
-    pub(crate) rules: Vec<RawRule>,
+/// Rules that could be read, each with its index in the YAML list, so that problems found when
+/// compiling still name the rule as the file numbers it.
+#[derive(Debug, Default)]
+struct RawRules(Vec<(usize, RawRule)>);
+
+/// One YAML mapping, read field by field.
+///
+/// Each field is deserialized on its own (with `serde_path_to_error` inside it), so one run
+/// reports every unknown key, wrong type and bad duration of a file, not only the first one
+/// serde meets. A key that no reader asked for is unknown: [`Fields::finish`] reports it. So a
+/// section is added by asking for it (`root.get::<RawThing>("thing", issues)` or a reader of its
+/// own), nothing else.
+struct Fields<'v> {
+    at: String,
+    map: Option<&'v Mapping>,
+    asked: Vec<&'static str>,
 }
 
+impl<'v> Fields<'v> {
+    /// `value` found at `at`; anything but a mapping (or null, read as empty) is reported.
+    fn new(value: &'v Value, at: &str, issues: &mut Issues) -> Self {
+        let map = match value {
+            Value::Mapping(m) => Some(m),
+            Value::Null => None,
+            other => {
+                issues.push(
+                    at,
+                    format!("invalid type: {}, expected a mapping", kind(other)),
+                );
+                None
+            }
+        };
+        Fields {
+            at: at.to_owned(),
+            map,
+            asked: Vec::new(),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.at.is_empty() || self.at.ends_with(": ") {
+            format!("{}{key}", self.at)
+        } else {
+            format!("{}.{key}", self.at)
+        }
+    }
+
+    /// The value of `key`; `None` when absent or null (null means "use the default").
+    fn value(&mut self, key: &'static str) -> Option<&'v Value> {
+        self.asked.push(key);
+        match self.map?.get(key)? {
+            Value::Null => None,
+            v => Some(v),
+        }
+    }
+
+    /// Whether a required `key` is absent (or null) from a mapping that is there.
+    fn missing(&self, key: &str) -> bool {
+        self.map
+            .is_some_and(|m| m.get(key).is_none_or(Value::is_null))
+    }
+
+    /// Any serde type, for fields without a reader of their own (numbers, booleans, enums).
+    fn get<T: DeserializeOwned>(&mut self, key: &'static str, issues: &mut Issues) -> Option<T> {
+        let at = self.path(key);
+        let v = self.value(key)?;
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(err) => {
+                let sub = err.path().to_string();
+                let path = match sub.as_str() {
+                    "." => at,
+                    s if s.starts_with('[') => format!("{at}{s}"),
+                    s => format!("{at}.{s}"),
+                };
+                issues.push(path, err.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, key: &'static str, issues: &mut Issues) -> bool {
+        self.get(key, issues).unwrap_or_default()
+    }
+
+    /// A string. A plain scalar YAML reads as a number or boolean (`name: 2024`) is taken as
+    /// written, as serde's typed parsing did before every field was read on its own.
+    fn string(&mut self, key: &'static str, issues: &mut Issues) -> Option<String> {
+        let at = self.path(key);
+        let v = self.value(key)?;
+        scalar_string(v, &at, issues)
+    }
+
+    fn strings(&mut self, key: &'static str, issues: &mut Issues) -> Option<Vec<String>> {
+        let list = self.strings_at(key, issues)?;
+        Some(list.into_iter().filter_map(|(_, s)| s).collect())
+    }
+
+    /// A list of strings, each element with its path and its value when it is a string.
+    fn strings_at(
+        &mut self,
+        key: &'static str,
+        issues: &mut Issues,
+    ) -> Option<Vec<(String, Option<String>)>> {
+        let list = self.list(key, issues)?;
+        Some(
+            list.into_iter()
+                .map(|(at, v)| {
+                    let s = scalar_string(v, &at, issues);
+                    (at, s)
+                })
+                .collect(),
+        )
+    }
+
+    fn duration(&mut self, key: &'static str, issues: &mut Issues) -> Option<Duration> {
+        let at = self.path(key);
+        let text = scalar_string(self.value(key)?, &at, issues)?;
+        match humantime::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                issues.push(
+                    at,
+                    format!("{text:?} is not a duration like 30s, 5m or 1h: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A nested mapping; `None` when absent.
+    fn section(&mut self, key: &'static str, issues: &mut Issues) -> Option<Fields<'v>> {
+        let at = self.path(key);
+        self.value(key).map(|v| Fields::new(v, &at, issues))
+    }
+
+    /// A list: each element with its path (`issuers[2]`).
+    fn list(&mut self, key: &'static str, issues: &mut Issues) -> Option<Vec<(String, &'v Value)>> {
+        let at = self.path(key);
+        match self.value(key)? {
+            Value::Sequence(items) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{at}[{i}]"), v))
+                    .collect(),
+            ),
+            other => {
+                issues.push(
+                    at,
+                    format!("invalid type: {}, expected a list", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// Report every key no reader asked for.
+    fn finish(self, issues: &mut Issues) {
+        let Some(map) = self.map else { return };
+        let expected = self
+            .asked
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for key in map.keys() {
+            match key.as_str() {
+                Some(name) if self.asked.contains(&name) => {}
+                Some(name) => issues.push(
+                    self.path(name),
+                    format!("unknown field `{name}`, expected one of {expected}"),
+                ),
+                None => issues.push(
+                    self.at.clone(),
+                    format!("{} is not a field name", kind(key)),
+                ),
+            }
+        }
+    }
+}
+
+fn scalar_string(v: &Value, at: &str, issues: &mut Issues) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        other => {
+            issues.push(
+                at,
+                format!("invalid type: {}, expected a string", kind(other)),
+            );
+            None
+        }
+    }
+}
+
+/// How a value is named in a message (serde's wording: `string "x"`, `a list`).
+fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(t) => format!("a value tagged {}", t.tag),
+    }
+}
+
+/// Parse YAML text into a value: the one problem a syntax error allows, with its line and column.
+fn parse_value(text: &str, label: &str) -> Result<Value, ConfigError> {
+    let text = shield_path_params(text);
+    serde_yaml_ng::from_str::<Value>(&text)
+        .map_err(|e| ConfigError::one(label, format!("YAML syntax error: {e}")))
+}
+
+/// `None` when the document is not a mapping at all (reported): nothing else can be said then.
+fn read_config(value: &Value, issues: &mut Issues) -> Option<RawConfig> {
+    let before = issues.0.len();
+    let mut root = Fields::new(value, "", issues);
+    if issues.0.len() > before {
+        return None;
+    }
+    let issuer_list = root.list("issuers", issues).unwrap_or_default();
+    let raw = RawConfig {
+        listen: root
+            .section("listen", issues)
+            .map(|f| read_listen(f, issues)),
+        realm: root.string("realm", issues),
+        issuers_listed: issuer_list.len(),
+        issuers: issuer_list
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (at, v))| read_issuer(v, &at, issues).map(|r| (i, r)))
+            .collect(),
+        jwks: root
+            .section("jwks", issues)
+            .map(|f| read_jwks(f, issues))
+            .unwrap_or_default(),
+        headers: root
+            .section("headers", issues)
+            .map(|f| read_headers(f, issues))
+            .unwrap_or_default(),
+        limits: root
+            .section("limits", issues)
+            .map(|f| read_limits(f, issues))
+            .unwrap_or_default(),
+        forward_auth: root
+            .section("forward_auth", issues)
+            .map(|mut f| {
+                let raw = RawForwardAuth {
+                    trusted_proxies: f.strings("trusted_proxies", issues),
+                };
+                f.finish(issues);
+                raw
+            })
+            .unwrap_or_default(),
+        token_cache: root
+            .section("token_cache", issues)
+            .map(|mut f| {
+                let raw = RawTokenCache {
+                    capacity: f.get("capacity", issues),
+                    max_ttl: f.duration("max_ttl", issues),
+                };
+                f.finish(issues);
+                raw
+            })
+            .unwrap_or_default(),
+        decision_log: root.get("decision_log", issues),
+        shutdown_grace: root.duration("shutdown_grace", issues),
+        shutdown_delay: root.duration("shutdown_delay", issues),
+        policy: root.section("policy", issues).map(|mut f| {
+            let raw = RawPolicyRef {
+                file: f.string("file", issues).map(PathBuf::from),
+                rules: f.list("rules", issues).map(|list| read_rules(list, issues)),
+            };
+            f.finish(issues);
+            raw
+        }),
+    };
+    root.finish(issues);
+    Some(raw)
+}
+
+fn read_listen(mut f: Fields<'_>, issues: &mut Issues) -> RawListen {
+    let raw = RawListen {
+        grpc: f.string("grpc", issues),
+        http: f.string("http", issues),
+        grpc_socket_mode: f.string("grpc_socket_mode", issues),
+        grpc_tls: f.section("grpc_tls", issues).and_then(|mut t| {
+            let cert = t.string("cert", issues);
+            let key = t.string("key", issues);
+            let client_ca = t.string("client_ca", issues).map(PathBuf::from);
+            for field in ["cert", "key"] {
+                if t.missing(field) {
+                    issues.push(t.path(field), "required (a PEM file)");
+                }
+            }
+            t.finish(issues);
+            Some(RawTls {
+                cert: PathBuf::from(cert?),
+                key: PathBuf::from(key?),
+                client_ca,
+            })
+        }),
+    };
+    f.finish(issues);
+    raw
+}
+
+fn read_issuer(value: &Value, at: &str, issues: &mut Issues) -> Option<RawIssuer> {
+    let mut f = Fields::new(value, at, issues);
+    f.map?;
+    let raw = RawIssuer {
+        name: f.string("name", issues),
+        issuer: f.string("issuer", issues),
+        jwks_uri: f.string("jwks_uri", issues),
+        discovery: f.bool("discovery", issues),
+        allow_http: f.bool("allow_http", issues),
+        audiences: f.strings("audiences", issues),
+        algorithms: f.strings("algorithms", issues),
+        leeway: f.duration("leeway", issues),
+        token_types: f.strings("token_types", issues).unwrap_or_default(),
+        claims: f
+            .section("claims", issues)
+            .map(|mut c| {
+                let raw = RawClaims {
+                    user_id: c.string("user_id", issues),
+                    tenant_id: c.string("tenant_id", issues),
+                    roles: c.strings("roles", issues),
+                };
+                c.finish(issues);
+                raw
+            })
+            .unwrap_or_default(),
+    };
+    f.finish(issues);
+    Some(raw)
+}
+
+fn read_jwks(mut f: Fields<'_>, issues: &mut Issues) -> RawJwks {
+    let raw = RawJwks {
+        refresh_min: f.duration("refresh_min", issues),
+        refresh_max: f.duration("refresh_max", issues),
+        max_stale: f.duration("max_stale", issues),
+        fetch_timeout: f.duration("fetch_timeout", issues),
+    };
+    f.finish(issues);
+    raw
+}
+
+fn read_headers(mut f: Fields<'_>, issues: &mut Issues) -> RawHeaders {
+    let raw = RawHeaders {
+        user_id: f.string("user_id", issues),
+        tenant_id: f.string("tenant_id", issues),
+        roles: f.string("roles", issues),
+    };
+    f.finish(issues);
+    raw
+}
+
+fn read_limits(mut f: Fields<'_>, issues: &mut Issues) -> RawLimits {
+    let raw = RawLimits {
+        max_token_bytes: f.get("max_token_bytes", issues),
+        header_timeout: f.duration("header_timeout", issues),
+        idle_timeout: f.duration("idle_timeout", issues),
+        max_connections: f.get("max_connections", issues),
+    };
+    f.finish(issues);
+    raw
+}
+
+fn read_rules(list: Vec<(String, &Value)>, issues: &mut Issues) -> RawRules {
+    RawRules(
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, (at, v))| read_rule(v, &at, issues).map(|r| (i, r)))
+            .collect(),
+    )
+}
+
+/// One rule; `None` when its name or paths cannot be read (reported), since the policy compiler
+/// needs both.
+fn read_rule(value: &Value, at: &str, issues: &mut Issues) -> Option<RawRule> {
+    let mut f = Fields::new(value, at, issues);
+    f.map?;
+    let name = f.string("name", issues);
+    let paths = f
+        .strings_at("paths", issues)
+        .and_then(|list| list.into_iter().map(|(_, p)| p).collect::<Option<Vec<_>>>());
+    for field in ["name", "paths"] {
+        if f.missing(field) {
+            issues.push(f.path(field), "required");
+        }
+    }
+    let methods = f.strings_at("methods", issues).map(|list| {
+        list.into_iter()
+            .filter_map(|(path, m)| {
+                let m = m?;
+                if let Err(msg) = crate::lint::check_method(&m) {
+                    issues.push(path, msg);
+                }
+                Some(m)
+            })
+            .collect()
+    });
+    let public = f.bool("public", issues);
+    let roles_any = f.strings("roles_any", issues).unwrap_or_default();
+    let roles_all = f.strings("roles_all", issues).unwrap_or_default();
+    let tenant_param = f.string("tenant_param", issues);
+    let issuers = f.strings("issuers", issues);
+    f.finish(issues);
+    Some(RawRule {
+        name: name?,
+        paths: paths?,
+        methods,
+        public,
+        roles_any,
+        roles_all,
+        tenant_param,
+        issuers,
+    })
+}
 // ---------------------------------------------------------------------------------------------
 // Validated form.
 
@@ -372,6 +740,9 @@ pub struct Config {
     pub policy: Policy,
     /// The policy file, when the policy is not inline (watched for reload).
     pub policy_file: Option<PathBuf>,
+    /// Things that are valid but probably not meant (a rule an earlier one shadows completely, a
+    /// method that is not a standard HTTP method), with their field paths.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 pub const DEFAULT_GRPC: &str = "127.0.0.1:9191";
@@ -390,7 +761,35 @@ pub const SUPPORTED_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86400);
+
+/// `value` (default when absent) if within `range`, else a problem naming the field and the range.
+/// Every duration is bounded so that no `Instant + Duration` built from config can overflow.
+fn bounded(
+    path: impl Into<String>,
+    value: Option<Duration>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    issues: &mut Issues,
+) -> Duration {
+    let Some(v) = value else { return default };
+    if range.contains(&v) {
+        return v;
+    }
+    issues.push(
+        path,
+        format!(
+            "must be between {} and {} (got {})",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end()),
+            humantime::format_duration(v)
+        ),
+    );
+    default
+}
 
 impl Config {
     /// Read and validate a config file (and the policy file it names).
@@ -403,13 +802,21 @@ impl Config {
 
     /// Validate a config given as text; a relative policy file is resolved against `base_dir`.
     pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = parse_yaml(text, "")?;
-        Self::from_raw(raw, base_dir)
+        let value = parse_value(text, "")?;
+        let mut issues = Issues::default();
+        match read_config(&value, &mut issues) {
+            Some(raw) => Self::from_raw(raw, base_dir, issues),
+            None => Err(ConfigError {
+                issues: issues.0,
+                warnings: Vec::new(),
+            }),
+        }
     }
 
-    fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Self, ConfigError> {
-        let mut issues = Issues::default();
-
+    /// Validate what could be read; `issues` already holds the problems found while reading, so
+    /// the checks below run for every field that did parse and one run reports everything.
+    fn from_raw(raw: RawConfig, base_dir: &Path, mut issues: Issues) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
         let listen = validate_listen(raw.listen, base_dir, &mut issues);
         let realm = raw.realm.unwrap_or_else(|| "citadel".to_owned());
         if realm.is_empty()
@@ -423,13 +830,13 @@ impl Config {
             );
         }
 
-        if raw.issuers.is_empty() {
+        if raw.issuers_listed == 0 {
             issues.push("issuers", "at least one issuer is required");
         }
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         let mut names = HashSet::new();
         let mut iss_values = HashSet::new();
-        for (i, raw_issuer) in raw.issuers.into_iter().enumerate() {
+        for (i, raw_issuer) in raw.issuers {
             let at = format!("issuers[{i}]");
             if let Some(issuer) = validate_issuer(raw_issuer, i, &at, &mut issues) {
                 if !names.insert(issuer.name.clone()) {
@@ -454,23 +861,25 @@ impl Config {
         }
         let defaults = ConnectionLimits::default();
         let connections = ConnectionLimits {
-            header_timeout: raw.limits.header_timeout.unwrap_or(defaults.header_timeout),
-            idle_timeout: raw.limits.idle_timeout.unwrap_or(defaults.idle_timeout),
+            header_timeout: bounded(
+                "limits.header_timeout",
+                raw.limits.header_timeout,
+                defaults.header_timeout,
+                MS * 100..=MINUTE * 5,
+                &mut issues,
+            ),
+            idle_timeout: bounded(
+                "limits.idle_timeout",
+                raw.limits.idle_timeout,
+                defaults.idle_timeout,
+                MS * 100..=HOUR,
+                &mut issues,
+            ),
             max_connections: raw
                 .limits
                 .max_connections
                 .unwrap_or(defaults.max_connections),
         };
-        if !(Duration::from_millis(100)..=Duration::from_secs(300))
-            .contains(&connections.header_timeout)
-        {
-            issues.push("limits.header_timeout", "must be between 100ms and 5m");
-        }
-        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
-            .contains(&connections.idle_timeout)
-        {
-            issues.push("limits.idle_timeout", "must be between 100ms and 1h");
-        }
         if !(1..=1_000_000).contains(&connections.max_connections) {
             issues.push("limits.max_connections", "must be between 1 and 1000000");
         }
@@ -492,7 +901,13 @@ impl Config {
 
         let token_cache = TokenCacheConfig {
             capacity: raw.token_cache.capacity.unwrap_or(100_000),
-            max_ttl: raw.token_cache.max_ttl.unwrap_or(Duration::from_secs(300)),
+            max_ttl: bounded(
+                "token_cache.max_ttl",
+                raw.token_cache.max_ttl,
+                MINUTE * 5,
+                Duration::ZERO..=DAY,
+                &mut issues,
+            ),
         };
         if token_cache.capacity > 10_000_000 {
             issues.push("token_cache.capacity", "must be at most 10000000");
@@ -524,13 +939,12 @@ impl Config {
                 file: None,
                 rules: Some(rules),
             }) => {
-                let policy = match Policy::compile(rules, &issuer_names) {
-                    Ok(p) => Some(p),
-                    Err(errs) => {
-                        issues.extend_prefixed("policy.", errs);
-                        None
-                    }
-                };
+                let policy = compile_rules(rules, &issuer_names, "policy.", &mut issues).map(
+                    |(policy, lints)| {
+                        warnings.extend(lints);
+                        policy
+                    },
+                );
                 (policy, None)
             }
             Some(RawPolicyRef {
@@ -538,16 +952,39 @@ impl Config {
                 rules: None,
             }) => {
                 let path = base_dir.join(&file);
-                let policy = match load_policy_file(&path, &issuer_names) {
-                    Ok(p) => Some(p),
+                let policy = match read_policy_file(&path, &issuer_names) {
+                    Ok((p, w)) => {
+                        warnings.extend(w);
+                        Some(p)
+                    }
                     Err(e) => {
                         issues.0.extend(e.issues);
+                        warnings.extend(e.warnings);
                         None
                     }
                 };
                 (policy, Some(path))
             }
         };
+        let shutdown_grace = bounded(
+            "shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(10),
+            Duration::ZERO..=HOUR,
+            &mut issues,
+        );
+        let shutdown_delay = bounded(
+            "shutdown_delay",
+            raw.shutdown_delay,
+            Duration::ZERO,
+            Duration::ZERO..=HOUR,
+            &mut issues,
+        );
+
+        // A field that could not be read also fails the checks that need its value (`audiences:
+        // oops` is then also "required"): its first problem says it.
+        let mut seen = HashSet::new();
+        issues.0.retain(|i| seen.insert(i.path.clone()));
 
         match (issues.0.is_empty(), policy) {
             (true, Some(policy)) => Ok(Config {
@@ -561,18 +998,30 @@ impl Config {
                 trusted_proxies,
                 token_cache,
                 decision_log_allows: raw.decision_log == Some(DecisionLog::All),
-                shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
-                shutdown_delay: raw.shutdown_delay.unwrap_or(Duration::ZERO),
+                shutdown_grace,
+                shutdown_delay,
                 policy,
                 policy_file,
+                warnings,
             }),
-            _ => Err(ConfigError { issues: issues.0 }),
+            _ => Err(ConfigError {
+                issues: issues.0,
+                warnings,
+            }),
         }
     }
 }
 
 /// Read and compile a policy file; problems are reported as `FILE: rules[2].field`.
 pub fn load_policy_file(path: &Path, issuer_names: &[String]) -> Result<Policy, ConfigError> {
+    read_policy_file(path, issuer_names).map(|(policy, _)| policy)
+}
+
+/// A policy file's compiled policy and its warnings.
+fn read_policy_file(
+    path: &Path,
+    issuer_names: &[String],
+) -> Result<(Policy, Vec<ConfigIssue>), ConfigError> {
     let label = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -583,15 +1032,77 @@ pub fn load_policy_file(path: &Path, issuer_names: &[String]) -> Result<Policy, 
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
-    let raw: RawPolicyFile = parse_yaml(&text, &format!("{label}: "))?;
-    Policy::compile(raw.rules, issuer_names).map_err(|errs| {
-        let mut issues = Issues::default();
-        issues.extend_prefixed(&format!("{label}: "), errs);
-        ConfigError { issues: issues.0 }
-    })
+    let value = parse_value(&text, &label)?;
+    if !matches!(value, Value::Mapping(_) | Value::Null) {
+        return Err(ConfigError::one(
+            label,
+            format!(
+                "invalid type: {}, expected a mapping with `rules`",
+                kind(&value)
+            ),
+        ));
+    }
+    let prefix = format!("{label}: ");
+    let mut issues = Issues::default();
+    let mut root = Fields::new(&value, &prefix, &mut issues);
+    let rules = root
+        .list("rules", &mut issues)
+        .map(|list| read_rules(list, &mut issues));
+    if rules.is_none() && issues.0.is_empty() {
+        issues.push(format!("{prefix}rules"), "required: the list of rules");
+    }
+    root.finish(&mut issues);
+    let compiled = rules.and_then(|r| compile_rules(r, issuer_names, &prefix, &mut issues));
+    match (issues.0.is_empty(), compiled) {
+        (true, Some(compiled)) => Ok(compiled),
+        (_, compiled) => Err(ConfigError {
+            issues: issues.0,
+            warnings: compiled.map(|(_, w)| w).unwrap_or_default(),
+        }),
+    }
 }
 
-/// Parse YAML into `T`, reporting the failing field's path (`issuers[0].leeway`).
+/// Compile the rules that could be read. Problems are named by the rule's index in the file
+/// (the compiler numbers only the rules it was given) and a field the reader already reported is
+/// not reported twice. Warnings (see [`crate::lint`]) come with the compiled policy.
+fn compile_rules(
+    rules: RawRules,
+    issuer_names: &[String],
+    prefix: &str,
+    issues: &mut Issues,
+) -> Option<(Policy, Vec<ConfigIssue>)> {
+    let (index, raw): (Vec<usize>, Vec<RawRule>) = rules.0.into_iter().unzip();
+    let warnings = crate::lint::policy_warnings(&index, &raw, prefix);
+    match Policy::compile(raw, issuer_names) {
+        Ok(policy) => Some((policy, warnings)),
+        Err(errs) => {
+            let reported: HashSet<String> = issues.0.iter().map(|i| i.path.clone()).collect();
+            for e in errs {
+                let path = format!("{prefix}{}", renumber_rule(&e.path, &index));
+                if !reported.contains(&path) {
+                    issues.push(path, e.message);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// `rules[k]…` of the k-th compiled rule → `rules[i]…` with i its index in the file.
+fn renumber_rule(path: &str, index: &[usize]) -> String {
+    if let Some(rest) = path.strip_prefix("rules[")
+        && let Some((n, tail)) = rest.split_once(']')
+        && let Some(i) = n.parse::<usize>().ok().and_then(|k| index.get(k))
+    {
+        return format!("rules[{i}]{tail}");
+    }
+    path.to_owned()
+}
+
+/// Parse YAML into `T`, reporting the failing field's path (`issuers[0].leeway`). Stops at the
+/// first problem: for tests that want a typed value from a snippet; config files go through
+/// [`Fields`].
+#[cfg(test)]
 pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     text: &str,
     prefix: &str,
@@ -651,12 +1162,6 @@ impl Issues {
             message: message.into(),
         });
     }
-
-    fn extend_prefixed(&mut self, prefix: &str, errs: Vec<ConfigIssue>) {
-        for e in errs {
-            self.push(format!("{prefix}{}", e.path), e.message);
-        }
-    }
 }
 
 fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues) -> Listen {
@@ -696,21 +1201,21 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
         }
         GrpcListen::Unix(PathBuf::from(path))
     } else {
-        match grpc.parse::<SocketAddr>() {
+        match resolve_listen(&grpc) {
             Ok(addr) => GrpcListen::Tcp(addr),
-            Err(_) => {
+            Err(msg) => {
                 issues.push(
                     "listen.grpc",
-                    format!("{grpc:?} is neither host:port (an IP address) nor unix:/path"),
+                    format!("{msg} (give host:port or unix:/path)"),
                 );
                 GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9191)))
             }
         }
     };
-    let http = http.and_then(|h| match h.parse::<SocketAddr>() {
+    let http = http.and_then(|h| match resolve_listen(&h) {
         Ok(addr) => Some(addr),
-        Err(_) => {
-            issues.push("listen.http", format!("{h:?} is not an IP host:port"));
+        Err(msg) => {
+            issues.push("listen.http", msg);
             None
         }
     });
@@ -745,6 +1250,38 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
         grpc_socket_mode,
         grpc_tls,
     }
+}
+
+/// A listener's `host:port`: an IP address, or a host name resolved now, so that a name that
+/// does not resolve is a config error rather than a failure at bind time. A name with several
+/// addresses binds its first IPv4 one (else its first): `localhost` commonly resolves to both
+/// 127.0.0.1 and ::1, and clients and gateway samples dial 127.0.0.1.
+fn resolve_listen(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("{value:?} is not host:port"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!(
+            "{value:?}: the port must be a number from 0 to 65535"
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?}: cannot resolve host {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?}: host {host:?} resolves to no address"))
 }
 
 fn validate_issuer(
@@ -820,10 +1357,13 @@ fn validate_issuer(
         }
     };
 
-    let leeway = raw.leeway.unwrap_or(Duration::from_secs(30));
-    if leeway > MAX_LEEWAY {
-        issues.push(format!("{at}.leeway"), "must be at most 1h");
-    }
+    let leeway = bounded(
+        format!("{at}.leeway"),
+        raw.leeway,
+        Duration::from_secs(30),
+        Duration::ZERO..=HOUR,
+        issues,
+    );
 
     let mut token_types = Vec::new();
     for (j, t) in raw.token_types.iter().enumerate() {
@@ -951,20 +1491,47 @@ fn is_loopback_host(url: &reqwest::Url) -> bool {
 }
 
 fn validate_jwks(raw: RawJwks, issues: &mut Issues) -> JwksTiming {
+    let before = issues.0.len();
     let t = JwksTiming {
-        refresh_min: raw.refresh_min.unwrap_or(Duration::from_secs(30)),
-        refresh_max: raw.refresh_max.unwrap_or(Duration::from_secs(3600)),
-        max_stale: raw.max_stale.unwrap_or(Duration::from_secs(24 * 3600)),
-        fetch_timeout: raw.fetch_timeout.unwrap_or(Duration::from_secs(2)),
+        refresh_min: bounded(
+            "jwks.refresh_min",
+            raw.refresh_min,
+            Duration::from_secs(30),
+            MS..=DAY,
+            issues,
+        ),
+        refresh_max: bounded(
+            "jwks.refresh_max",
+            raw.refresh_max,
+            HOUR,
+            MS..=DAY * 7,
+            issues,
+        ),
+        max_stale: bounded(
+            "jwks.max_stale",
+            raw.max_stale,
+            DAY,
+            Duration::ZERO..=DAY * 30,
+            issues,
+        ),
+        fetch_timeout: bounded(
+            "jwks.fetch_timeout",
+            raw.fetch_timeout,
+            Duration::from_secs(2),
+            MS..=MINUTE * 5,
+            issues,
+        ),
     };
-    if t.refresh_min.is_zero() {
-        issues.push("jwks.refresh_min", "must be greater than 0");
-    }
-    if t.refresh_max < t.refresh_min {
-        issues.push("jwks.refresh_max", "must be at least jwks.refresh_min");
-    }
-    if t.fetch_timeout.is_zero() {
-        issues.push("jwks.fetch_timeout", "must be greater than 0");
+    // Compared only when both are as written: a default standing in for a refused value would
+    // make a second, misleading complaint.
+    if issues.0.len() == before && t.refresh_max < t.refresh_min {
+        issues.push(
+            "jwks.refresh_max",
+            format!(
+                "must be at least jwks.refresh_min ({})",
+                humantime::format_duration(t.refresh_min)
+            ),
+        );
     }
     t
 }
@@ -1214,6 +1781,232 @@ policy:
         assert!(c.policy.find("GET", &p).is_none());
         let both = format!("{text}policy:\n  file: p.yaml\n  rules: []\n");
         assert_eq!(paths(load(&both).unwrap_err()), vec!["policy"]);
+    }
+
+    #[test]
+    fn five_mistakes_in_five_fields_are_five_problems_in_one_run() {
+        // An unknown key, a bad duration, a wrong type, an unknown key in a rule and a semantic
+        // error: serde alone stops at the first of them.
+        let text = r#"
+realm: citadel
+listne: { grpc: 127.0.0.1:9191 }
+issuers:
+  - name: iam
+    issuer: https://iam.example.com
+    jwks_uri: https://iam.example.com/jwks
+    audiences: [https://api.example.com]
+    leeway: soon
+    discovery: maybe
+jwks: { refresh_min: 10m, refresh_max: 1m }
+policy:
+  rules:
+    - name: me
+      paths: [/api/me]
+      roles: [x]
+"#;
+        let got = paths(load(text).unwrap_err());
+        assert_eq!(
+            got,
+            vec![
+                "issuers[0].discovery",
+                "issuers[0].leeway",
+                "policy.rules[0].roles",
+                "listne",
+                "jwks.refresh_max",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_read_is_reported_once() {
+        let text = BASE.replace("[https://api.example.com]", "oops");
+        let err = load(&text).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["issuers[0].audiences"]);
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_at_every_level_are_all_reported() {
+        let text = BASE
+            .replace("issuers:", "extra: 1\nissuers:")
+            .replace(
+                "    audiences:",
+                "    claims: { user: sub }\n    audience: x\n    audiences:",
+            )
+            .replace(
+                "      paths: [/api/me]",
+                "      paths: [/api/me]\n      role: x",
+            );
+        let got = paths(load(&text).unwrap_err());
+        for want in [
+            "extra",
+            "issuers[0].claims.user",
+            "issuers[0].audience",
+            "policy.rules[0].role",
+        ] {
+            assert!(got.contains(&want.to_owned()), "missing {want} in {got:?}");
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+    }
+
+    #[test]
+    fn an_unreadable_list_entry_keeps_the_others_numbered_as_written() {
+        let text = r#"
+issuers:
+  - just a string
+  - name: b
+    issuer: https://b.example.com
+    jwks_uri: https://b.example.com/jwks
+    audiences: []
+policy:
+  rules:
+    - name: a
+      paths: 5
+    - name: b
+      paths: [/b/{x}]
+      tenant_param: y
+"#;
+        let got = paths(load(text).unwrap_err());
+        assert_eq!(
+            got,
+            vec![
+                "issuers[0]",
+                "policy.rules[0].paths",
+                "issuers[1].audiences",
+                "policy.rules[1].tenant_param",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = load("issuers:\n  - name: [a\n").unwrap_err();
+        assert_eq!(err.issues.len(), 1);
+        assert!(err.to_string().contains("line"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), "rules: [\n").unwrap();
+        let text = BASE.replace(
+            "policy:\n  rules:\n    - name: me\n      paths: [/api/me]\n",
+            "policy:\n  file: p.yaml\n",
+        );
+        let err = Config::from_yaml(&text, dir.path()).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["p.yaml"], "{err}");
+        assert!(err.to_string().contains("column"), "{err}");
+    }
+
+    #[test]
+    fn numbers_and_booleans_are_read_as_written_where_a_string_is_expected() {
+        let text = BASE
+            .replace("  - name: iam", "  - name: 2024")
+            .replace("[https://api.example.com]", "[12345, true]");
+        let c = load(&text).unwrap();
+        assert_eq!(c.issuers[0].name, "2024");
+        assert_eq!(c.issuers[0].audiences, vec!["12345", "true"]);
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        for (field, yaml) in [
+            ("jwks.max_stale", "jwks: { max_stale: 1000000000y }"),
+            ("jwks.refresh_min", "jwks: { refresh_min: 0s }"),
+            ("jwks.refresh_max", "jwks: { refresh_max: 100y }"),
+            ("jwks.fetch_timeout", "jwks: { fetch_timeout: 1d }"),
+            (
+                "token_cache.max_ttl",
+                "token_cache: { max_ttl: 1000000000y }",
+            ),
+            ("shutdown_grace", "shutdown_grace: 1000000000y"),
+            ("shutdown_delay", "shutdown_delay: 2h"),
+            (
+                "limits.header_timeout",
+                "limits: { header_timeout: 1000000000y }",
+            ),
+            ("limits.idle_timeout", "limits: { idle_timeout: 10ms }"),
+        ] {
+            let err = load(&format!("{yaml}\n{BASE}")).unwrap_err();
+            assert_eq!(paths(err.clone()), vec![field], "{yaml}: {err}");
+            assert!(err.to_string().contains("must be between"), "{err}");
+        }
+        let text = BASE.replace("    audiences:", "    leeway: 1000000000y\n    audiences:");
+        let err = load(&text).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["issuers[0].leeway"]);
+        assert!(err.to_string().contains("between 0s and 1h"), "{err}");
+        // Larger than humantime can count is a bad duration, not a panic.
+        let text = format!("jwks: {{ max_stale: 99999999999999999999y }}\n{BASE}");
+        assert_eq!(paths(load(&text).unwrap_err()), vec!["jwks.max_stale"]);
+        // The largest allowed values load.
+        let text = format!(
+            "jwks: {{ refresh_min: 1d, refresh_max: 7d, max_stale: 30d, fetch_timeout: 5m }}\n{BASE}"
+        );
+        assert_eq!(load(&text).unwrap().jwks.max_stale, DAY * 30);
+    }
+
+    #[test]
+    fn listeners_accept_host_names() {
+        let text = format!("listen: {{ grpc: \"localhost:9191\", http: \"localhost:0\" }}\n{BASE}");
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.listen.grpc,
+            GrpcListen::Tcp("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(c.listen.http, Some("127.0.0.1:0".parse().unwrap()));
+        let text = format!("listen: {{ grpc: \"[::1]:9191\" }}\n{BASE}");
+        assert_eq!(
+            load(&text).unwrap().listen.grpc,
+            GrpcListen::Tcp("[::1]:9191".parse().unwrap())
+        );
+        for (yaml, field) in [
+            (
+                "listen: { grpc: \"no-such-host.invalid:9191\" }",
+                "listen.grpc",
+            ),
+            (
+                "listen: { http: \"no-such-host.invalid:80\" }",
+                "listen.http",
+            ),
+            ("listen: { grpc: \"localhost\" }", "listen.grpc"),
+            ("listen: { grpc: \"localhost:99999\" }", "listen.grpc"),
+            ("listen: { http: \":80\" }", "listen.http"),
+        ] {
+            let err = load(&format!("{yaml}\n{BASE}")).unwrap_err();
+            assert_eq!(paths(err.clone()), vec![field], "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn lower_case_methods_are_an_error_and_odd_ones_a_warning() {
+        let text = BASE.replace(
+            "      paths: [/api/me]",
+            "      paths: [/api/me]\n      methods: [GET, get, PURGE]",
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["policy.rules[0].methods[1]"]);
+        assert!(err.to_string().contains("\"GET\""), "{err}");
+        assert_eq!(err.warnings.len(), 1, "{:?}", err.warnings);
+        assert_eq!(err.warnings[0].path, "policy.rules[0].methods[2]");
+        // A method the compiler refuses too is reported once.
+        let text = BASE.replace(
+            "      paths: [/api/me]",
+            "      paths: [/api/me]\n      methods: [\"GE T\"]",
+        );
+        assert_eq!(
+            paths(load(&text).unwrap_err()),
+            vec!["policy.rules[0].methods[0]"]
+        );
+    }
+
+    #[test]
+    fn warnings_come_with_a_valid_config() {
+        let text = BASE.replace(
+            "      paths: [/api/me]\n",
+            "      paths: [/api/**]\n    - name: shadowed\n      paths: [/api/me]\n      methods: [GET]\n",
+        );
+        let c = load(&text).unwrap();
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("policy.rules[1]: "), "{w:?}");
+        assert!(w[0].contains("\"me\""), "{w:?}");
+        assert!(load(BASE).unwrap().warnings.is_empty());
     }
 
     #[test]

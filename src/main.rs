@@ -33,9 +33,13 @@ enum Command {
         config: PathBuf,
     },
     /// Validate config and policy: print `ok` (exit 0) or every problem (exit 2). Binds nothing.
+    /// Warnings (shadowed rules, non-standard methods) are printed and do not fail the check.
     CheckConfig {
         #[arg(long, env = "CITADEL_AUTHZ_CONFIG")]
         config: PathBuf,
+        /// Also fetch every issuer's discovery document and JWKS now; any failure exits 2.
+        #[arg(long)]
+        online: bool,
     },
     /// Zero-setup demo: embedded development issuer, example policy, tokens printed at start.
     Dev {
@@ -50,9 +54,9 @@ enum Command {
         http: String,
     },
     /// Send one CheckRequest to a running server, as Envoy would, and print the answer.
-    /// Exit 0 on allow, 1 on deny.
+    /// Exit 0 on allow, 1 on deny, 2 when no answer came (the cause is printed).
     Check {
-        /// gRPC address of the server.
+        /// gRPC address of the server: host:port or unix:/path/to.sock.
         #[arg(long, default_value = "127.0.0.1:9191")]
         grpc: String,
         #[arg(long, default_value = "GET")]
@@ -71,7 +75,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // check-config reports everything it finds on stdout/stderr itself; log lines of the fetch
+    // code (`--online`) would only repeat its results in another format.
+    if !matches!(cli.command, Command::CheckConfig { .. }) {
+        telemetry::init(cli.log_format);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,13 +95,7 @@ fn main() -> ExitCode {
 
 async fn async_main(command: Command) -> ExitCode {
     match command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_failed(&config, &e),
-        },
+        Command::CheckConfig { config, online } => check_config(&config, online).await,
         Command::Serve { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -121,7 +123,41 @@ fn config_failed(path: &Path, e: &citadel_authz::ConfigError) -> ExitCode {
     for issue in &e.issues {
         eprintln!("  {issue}");
     }
+    print_warnings(&e.warnings);
     ExitCode::from(2)
+}
+
+fn print_warnings(warnings: &[citadel_authz::config::ConfigIssue]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `ok` and 0, or every problem and 2; warnings never change the exit code. `online`: also ask
+/// every issuer's IdP, one line per issuer, any failure exits 2.
+async fn check_config(path: &Path, online: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_failed(path, &e),
+    };
+    print_warnings(&config.warnings);
+    if online {
+        let mut failed = false;
+        for probe in citadel_authz::probe::issuers(&config).await {
+            match probe.result {
+                Ok(what) => println!("{}: {what}", probe.label),
+                Err(why) => {
+                    failed = true;
+                    eprintln!("{}: failed: {why}", probe.label);
+                }
+            }
+        }
+        if failed {
+            return ExitCode::from(2);
+        }
+    }
+    println!("ok");
+    ExitCode::SUCCESS
 }
 
 /// Bind, let `prepare` adjust config and options to the bound listeners (dev mode adds its
@@ -215,26 +251,26 @@ async fn check(
     for h in headers {
         match h.split_once(':') {
             Some((k, v)) => list.push((k.trim().to_owned(), v.trim().to_owned())),
-            None => return fail(format!("--header {h:?} is not `name: value`")),
+            None => return cannot_ask(format!("--header {h:?} is not `name: value`")),
         }
     }
-    let endpoint = if grpc.contains("://") {
-        grpc
-    } else {
-        format!("http://{grpc}")
-    };
-    match client::check(endpoint, client::check_request(&method, &path, &list)).await {
+    match client::check(grpc, client::check_request(&method, &path, &list)).await {
         Ok(resp) => {
             print!("{}", client::describe(&resp));
-            let allowed = resp.status.as_ref().is_none_or(|s| s.code == 0);
-            if allowed {
+            if client::is_allowed(&resp) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             }
         }
-        Err(e) => fail(e),
+        Err(e) => cannot_ask(e),
     }
+}
+
+/// A script must tell "denied" from "could not ask": exit 1 is only ever a denial.
+fn cannot_ask(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("citadel-authz: {e}");
+    ExitCode::from(2)
 }
 
 async fn shutdown_signal() {

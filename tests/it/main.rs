@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cli;
 mod dev;
 mod envoy;
 mod gateways;

@@ -1,0 +1,60 @@
+//! `check-config --online`: ask every issuer's IdP now, the way the server will at start
+//! (discovery if configured, then the JWKS), and say what came back.
+//!
+//! Uses the server's own fetch code so that what passes here is what `serve` gets; one attempt
+//! per issuer, no retries, bounded by `jwks.fetch_timeout`.
+
+use std::sync::Arc;
+
+use crate::config::{Config, JwksSource};
+use crate::jwks::{IssuerKeys, http_client};
+use crate::metrics::Metrics;
+
+/// What one issuer's IdP answered.
+#[derive(Debug, Clone)]
+pub struct IssuerProbe {
+    /// `issuers[0] (iam)`.
+    pub label: String,
+    /// `Ok("discovery ok, JWKS ok: 2 usable keys")` or what failed.
+    pub result: Result<String, String>,
+}
+
+/// Fetch every issuer's key set once, in config order.
+pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
+    let client = http_client(&config.jwks);
+    let metrics = Arc::new(Metrics::new());
+    let mut out = Vec::with_capacity(config.issuers.len());
+    for (i, issuer) in config.issuers.iter().enumerate() {
+        let label = format!("issuers[{i}] ({})", issuer.name);
+        let discovery = matches!(issuer.source, JwksSource::Discovery);
+        let result = match &client {
+            Err(e) => Err(e.to_string()),
+            Ok(client) => {
+                let keys = Arc::new(IssuerKeys::new(
+                    issuer,
+                    config.jwks.clone(),
+                    client.clone(),
+                    Arc::clone(&metrics),
+                ));
+                match keys.fetch().await {
+                    // Such an issuer never becomes ready: as much a failure as no answer.
+                    Ok(loaded) if loaded.keys.is_empty() => Err(format!(
+                        "{}JWKS has no usable key (accepted: RSA >= 2048 bits, EC P-256/P-384, Ed25519; not `use: enc`)",
+                        if discovery { "discovery ok, " } else { "" }
+                    )),
+                    Ok(loaded) => {
+                        let n = loaded.keys.len();
+                        Ok(format!(
+                            "{}JWKS ok: {n} usable key{}",
+                            if discovery { "discovery ok, " } else { "" },
+                            if n == 1 { "" } else { "s" }
+                        ))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        out.push(IssuerProbe { label, result });
+    }
+    out
+}

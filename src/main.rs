@@ -46,11 +46,11 @@ enum Command {
         /// Use this config (its listeners, issuers and policy) plus the dev issuer.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// gRPC listener when no --config is given.
-        #[arg(long, default_value = "127.0.0.1:9191")]
+        /// gRPC listener (without --config; with it, listen.grpc in the file decides).
+        #[arg(long, default_value = "127.0.0.1:9191", conflicts_with = "config")]
         grpc: String,
-        /// HTTP listener when no --config is given.
-        #[arg(long, default_value = "127.0.0.1:9192")]
+        /// HTTP listener (without --config; with it, listen.http in the file decides).
+        #[arg(long, default_value = "127.0.0.1:9192", conflicts_with = "config")]
         http: String,
     },
     /// Send one CheckRequest to a running server, as Envoy would, and print the answer.
@@ -209,32 +209,80 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
             Config::from_yaml(&yaml, Path::new("."))
         }
     };
-    let base = match base {
+    let mut config_in_force = match base {
         Ok(c) => c,
         Err(e) => return config_failed(config.as_deref().unwrap_or(Path::new("dev")), &e),
     };
-    let builtin = config.is_none();
-    serve(base, move |listeners, mut config| {
-        let http = listeners
-            .http_addr()
-            .ok_or("dev mode serves its JWKS on the HTTP listener: set listen.http")?;
-        let issuer = dev::DevIssuer::new(http).map_err(|e| e.to_string())?;
-        if builtin {
-            config.issuers.clear();
+    let policy_from = match &config {
+        None => "built-in example policy".to_owned(),
+        Some(path) => config_in_force
+            .policy_file
+            .as_deref()
+            .unwrap_or(path)
+            .display()
+            .to_string(),
+    };
+    match config_in_force.listen.http {
+        None => return fail("dev mode serves its JWKS on the HTTP listener: set listen.http"),
+        Some(addr) if !dev::reachable_over_loopback(addr) => {
+            return fail(format!(
+                "dev mode: the HTTP listener {addr} is not reachable over loopback, and /dev/jwks and /dev/token answer loopback clients only (this server fetches its own JWKS there); bind 127.0.0.1, or 0.0.0.0 / [::] to serve forward-auth to other hosts too"
+            ));
         }
-        config.issuers.push(issuer.issuer_config());
+        Some(_) => {}
+    }
+    let listeners = match Listeners::bind(&config_in_force).await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let Some(http) = listeners.http_addr() else {
+        return fail("dev mode serves its JWKS on the HTTP listener: set listen.http");
+    };
+    let issuer = match dev::DevIssuer::new(http) {
+        Ok(i) => Arc::new(i),
+        Err(e) => return fail(e),
+    };
+    if config.is_none() {
+        config_in_force.issuers.clear();
+    }
+    config_in_force.issuers.push(issuer.issuer_config());
+    // `check --grpc` speaks plaintext TCP: no example for a unix socket or a TLS listener.
+    let grpc = listeners
+        .grpc_addr()
+        .filter(|_| config_in_force.listen.grpc_tls.is_none());
+    // No reload in dev mode: a re-read config would not contain the dev issuer.
+    let options = Options {
+        extra_routes: Some(Arc::clone(&issuer).routes()),
+        config_path: None,
+    };
+    let running = match server::start(config_in_force, listeners, options).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    // The banner's outcomes come from the server's own decision core once it holds the dev
+    // issuer's keys, so it is printed from a task while the server already runs.
+    let authorizer = Arc::clone(&running.authorizer);
+    tokio::spawn(async move {
+        let invocation = dev::invocation();
+        let input = dev::BannerInput {
+            dev: &issuer,
+            http,
+            grpc,
+            invocation: &invocation,
+            policy_from: &policy_from,
+        };
+        let text = dev::banner(&input, &authorizer).await;
         // Best effort: a closed stdout (piped into `head`) must not stop the server.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", dev::banner(&issuer, listeners.grpc_addr(), http))
-            .and_then(|()| out.flush());
-        // No reload in dev mode: a re-read config would not contain the dev issuer.
-        let options = Options {
-            extra_routes: Some(Arc::new(issuer).routes()),
-            config_path: None,
-        };
-        Ok((config, options))
-    })
-    .await
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    });
+    match running.run_until(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 async fn check(

@@ -62,6 +62,8 @@ pub struct Rule {
     roles_all: Vec<Box<str>>,
     has_tenant_param: bool,
     issuers: Option<Vec<Box<str>>>,
+    /// The rule as written (path parameters spelled `{name}`), for tools that show the policy.
+    source: RawRule,
 }
 
 /// The compiled policy: rules in order.
@@ -425,6 +427,7 @@ impl Policy {
                 roles_all: boxed(&r.roles_all),
                 has_tenant_param: r.tenant_param.is_some(),
                 issuers: r.issuers.as_deref().map(boxed),
+                source: RawRule { paths, ..r },
             });
         }
         if issues.is_empty() {
@@ -489,7 +492,20 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The rules in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
 impl Rule {
+    /// The rule as written, e.g. for the dev banner: showing compiled patterns would lose the
+    /// parameter names.
+    pub fn source(&self) -> &RawRule {
+        &self.source
+    }
+
     fn admits(&self, method: &str) -> bool {
         self.methods
             .as_ref()

@@ -1094,7 +1094,11 @@ mod tests {
     }
 
     fn policy(yaml: &str) -> crate::policy::Policy {
-        let raw: crate::config::RawPolicyFile = crate::config::parse_yaml(yaml, "").unwrap();
+        #[derive(serde::Deserialize)]
+        struct PolicyFile {
+            rules: Vec<crate::policy::RawRule>,
+        }
+        let raw: PolicyFile = crate::config::parse_yaml(yaml, "").unwrap();
         crate::policy::Policy::compile(raw.rules, &["dev".to_owned(), "iam".to_owned()]).unwrap()
     }
 

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -18,6 +19,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::policy::{Policy, RawRule};
+use crate::tenancy::{ANY_TENANT, MembershipTable, Memberships, Row};
+use crate::token::{is_safe_id, is_safe_role};
 
 /// One problem in a config or policy file, with the path of the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +92,27 @@ struct RawConfig {
     shutdown_grace: Option<Duration>,
     shutdown_delay: Option<Duration>,
     policy: Option<RawPolicyRef>,
+    membership: Option<RawMembership>,
+}
+
+#[derive(Debug, Default)]
+struct RawMembership {
+    file: Option<String>,
+    postgres: Option<RawPostgres>,
+    issuers: Option<Vec<(String, Option<String>)>>,
+    cache_ttl: Option<Duration>,
+    max_stale: Option<Duration>,
+    capacity: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct RawPostgres {
+    url_env: Option<String>,
+    url: Option<String>,
+    query: Option<String>,
+    notify_channel: Option<String>,
+    pool_size: Option<u64>,
+    connect_timeout: Option<Duration>,
 }
 
 /// Which decisions are logged (target `citadel_authz::decision`).
@@ -458,9 +482,36 @@ fn read_config(value: &Value, issues: &mut Issues) -> Option<RawConfig> {
             f.finish(issues);
             raw
         }),
+        membership: root
+            .section("membership", issues)
+            .map(|f| read_membership(f, issues)),
     };
     root.finish(issues);
     Some(raw)
+}
+
+fn read_membership(mut f: Fields<'_>, issues: &mut Issues) -> RawMembership {
+    let raw = RawMembership {
+        file: f.string("file", issues),
+        postgres: f.section("postgres", issues).map(|mut p| {
+            let raw = RawPostgres {
+                url_env: p.string("url_env", issues),
+                url: p.string("url", issues),
+                query: p.string("query", issues),
+                notify_channel: p.string("notify_channel", issues),
+                pool_size: p.get("pool_size", issues),
+                connect_timeout: p.duration("connect_timeout", issues),
+            };
+            p.finish(issues);
+            raw
+        }),
+        issuers: f.strings_at("issuers", issues),
+        cache_ttl: f.duration("cache_ttl", issues),
+        max_stale: f.duration("max_stale", issues),
+        capacity: f.get("capacity", issues),
+    };
+    f.finish(issues);
+    raw
 }
 
 fn read_listen(mut f: Fields<'_>, issues: &mut Issues) -> RawListen {
@@ -718,6 +769,89 @@ impl Default for ConnectionLimits {
 }
 
 /// The validated configuration. Built only by [`Config::load`] / [`Config::from_yaml`].
+/// `membership` (SPEC §8), validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipConfig {
+    pub source: MembershipSource,
+    /// Issuer names whose tokens are looked up; empty: every issuer.
+    pub issuers: Vec<String>,
+    /// A looked-up membership (also "none") is reused at most this long.
+    pub cache_ttl: Duration,
+    /// Store unreachable: a cached membership is used this long past its ttl.
+    pub max_stale: Duration,
+    /// Cached users at most (0: no cache).
+    pub capacity: u64,
+}
+
+impl MembershipConfig {
+    /// Whether tokens of the issuer named `issuer` are looked up.
+    pub fn covers(&self, issuer: &str) -> bool {
+        self.issuers.is_empty() || self.issuers.iter().any(|i| i == issuer)
+    }
+
+    /// The memberships file, when that is the source (watched for reload with the config).
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            MembershipSource::File { path, .. } => Some(path),
+            MembershipSource::Postgres(_) => None,
+        }
+    }
+}
+
+/// Where memberships come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MembershipSource {
+    /// A YAML file, read with the config: a new version arrives as a new config.
+    File {
+        path: PathBuf,
+        table: Arc<MembershipTable>,
+    },
+    Postgres(PostgresConfig),
+}
+
+/// `membership.postgres`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// The connection string; it may hold a password, so it is never printed.
+    pub url: Secret,
+    /// Where the connection string came from, for messages (`membership.postgres.url_env
+    /// (CITADEL_AUTHZ_DATABASE_URL)`), never the value.
+    pub url_source: String,
+    /// `$1` issuer name, `$2` user id → rows of (tenant, role).
+    pub query: String,
+    pub notify_channel: Option<String>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+}
+
+/// A secret (connection string, client secret): `Debug` and `Display` print `<redacted>`, so it
+/// cannot reach a log line, an error or `check-config` output by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value, for the one place that must use it (the connection itself).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Listen,
@@ -740,6 +874,8 @@ pub struct Config {
     pub policy: Policy,
     /// The policy file, when the policy is not inline (watched for reload).
     pub policy_file: Option<PathBuf>,
+    /// `membership` (SPEC §8): roles and tenants from a store as well as from the token.
+    pub membership: Option<MembershipConfig>,
     /// Things that are valid but probably not meant (a rule an earlier one shadows completely, a
     /// method that is not a standard HTTP method), with their field paths.
     pub warnings: Vec<ConfigIssue>,
@@ -966,6 +1102,9 @@ impl Config {
                 (policy, Some(path))
             }
         };
+        let membership = raw
+            .membership
+            .and_then(|m| validate_membership(m, base_dir, &issuer_names, &mut issues));
         let shutdown_grace = bounded(
             "shutdown_grace",
             raw.shutdown_grace,
@@ -1002,6 +1141,7 @@ impl Config {
                 shutdown_delay,
                 policy,
                 policy_file,
+                membership,
                 warnings,
             }),
             _ => Err(ConfigError {
@@ -1162,6 +1302,318 @@ impl Issues {
             message: message.into(),
         });
     }
+}
+
+const POOL_SIZE_MAX: u64 = 64;
+
+/// `membership` (SPEC §8): exactly one source; issuer names that exist; bounded timings.
+fn validate_membership(
+    raw: RawMembership,
+    base_dir: &Path,
+    issuer_names: &[String],
+    issues: &mut Issues,
+) -> Option<MembershipConfig> {
+    let mut issuers = Vec::new();
+    for (at, name) in raw.issuers.unwrap_or_default() {
+        let Some(name) = name else { continue };
+        if !issuer_names.contains(&name) {
+            issues.push(
+                at,
+                format!("{name:?} is not the name of a configured issuer"),
+            );
+        } else if !issuers.contains(&name) {
+            issuers.push(name);
+        }
+    }
+    let cache_ttl = bounded(
+        "membership.cache_ttl",
+        raw.cache_ttl,
+        Duration::from_secs(30),
+        Duration::ZERO..=DAY,
+        issues,
+    );
+    let max_stale = bounded(
+        "membership.max_stale",
+        raw.max_stale,
+        MINUTE * 5,
+        Duration::ZERO..=DAY,
+        issues,
+    );
+    let capacity = raw.capacity.unwrap_or(100_000);
+    if capacity > 10_000_000 {
+        issues.push("membership.capacity", "must be at most 10000000");
+    }
+    let source = match (raw.file, raw.postgres) {
+        (Some(_), Some(_)) => {
+            issues.push("membership", "give either `file` or `postgres`, not both");
+            None
+        }
+        (None, None) => {
+            issues.push(
+                "membership",
+                "a source is required: `file` (a memberships YAML file) or `postgres`",
+            );
+            None
+        }
+        (Some(file), None) => {
+            let path = base_dir.join(file);
+            match load_memberships_file(&path, issuer_names) {
+                Ok(table) => Some(MembershipSource::File {
+                    path,
+                    table: Arc::new(table),
+                }),
+                Err(e) => {
+                    issues.0.extend(e.issues);
+                    None
+                }
+            }
+        }
+        (None, Some(pg)) => validate_postgres(pg, issues).map(MembershipSource::Postgres),
+    };
+    Some(MembershipConfig {
+        source: source?,
+        issuers,
+        cache_ttl,
+        max_stale,
+        capacity,
+    })
+}
+
+fn validate_postgres(raw: RawPostgres, issues: &mut Issues) -> Option<PostgresConfig> {
+    let at = "membership.postgres";
+    let url = match (raw.url_env, raw.url) {
+        (Some(_), Some(_)) => {
+            issues.push(at, "give either `url_env` or `url`, not both");
+            None
+        }
+        (None, None) => {
+            issues.push(
+                at,
+                "a connection string is required: `url_env` (the name of an environment variable holding it) or `url`",
+            );
+            None
+        }
+        (Some(name), None) => match std::env::var(&name) {
+            Ok(v) if !v.trim().is_empty() => Some((v, format!("{at}.url_env ({name})"))),
+            _ => {
+                issues.push(
+                    format!("{at}.url_env"),
+                    format!("environment variable {name} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, Some(v)) => Some((v, format!("{at}.url"))),
+    };
+    if let Some((value, source)) = &url
+        && value.parse::<tokio_postgres::Config>().is_err()
+    {
+        // The parser's message may quote the value, which may hold a password: not shown.
+        issues.push(
+            source.split(' ').next().unwrap_or(at),
+            "is not a PostgreSQL connection string (postgres://user:password@host:port/database, or key=value pairs); the value is not shown since it may hold a password",
+        );
+    }
+    let query = raw.query.unwrap_or_default();
+    if query.trim().is_empty() {
+        issues.push(
+            format!("{at}.query"),
+            "required: a query taking $1 = issuer name and $2 = user id, returning (tenant, role) rows",
+        );
+    }
+    if let Some(channel) = &raw.notify_channel {
+        let ok = channel.len() <= 63
+            && channel.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && channel
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            issues.push(
+                format!("{at}.notify_channel"),
+                "must be a PostgreSQL identifier: letters, digits and `_`, not starting with a digit, at most 63 bytes",
+            );
+        }
+    }
+    let pool_size = raw.pool_size.unwrap_or(4);
+    if !(1..=POOL_SIZE_MAX).contains(&pool_size) {
+        issues.push(
+            format!("{at}.pool_size"),
+            format!("must be between 1 and {POOL_SIZE_MAX}"),
+        );
+    }
+    let connect_timeout = bounded(
+        format!("{at}.connect_timeout"),
+        raw.connect_timeout,
+        Duration::from_secs(2),
+        MS * 100..=MINUTE,
+        issues,
+    );
+    let (url, url_source) = url?;
+    Some(PostgresConfig {
+        url: Secret::new(url),
+        url_source,
+        query,
+        notify_channel: raw.notify_channel,
+        pool_size: usize::try_from(pool_size).unwrap_or(1),
+        connect_timeout,
+    })
+}
+
+/// Read and validate a memberships file (SPEC §8); problems are reported as
+/// `FILE: members[2].tenants.acme[0]`. An entry's `issuer` must name a configured issuer.
+pub fn load_memberships_file(
+    path: &Path,
+    issuer_names: &[String],
+) -> Result<MembershipTable, ConfigError> {
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::one(
+            "membership.file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    parse_memberships(&text, &label, issuer_names)
+}
+
+/// A memberships file given as text; `label` prefixes the field paths.
+pub fn parse_memberships(
+    text: &str,
+    label: &str,
+    issuer_names: &[String],
+) -> Result<MembershipTable, ConfigError> {
+    let value = serde_yaml_ng::from_str::<Value>(text)
+        .map_err(|e| ConfigError::one(label, format!("YAML syntax error: {e}")))?;
+    let prefix = format!("{label}: ");
+    let mut issues = Issues::default();
+    let mut root = Fields::new(&value, &prefix, &mut issues);
+    let members = root.list("members", &mut issues);
+    if members.is_none() && issues.0.is_empty() {
+        issues.push(format!("{prefix}members"), "required: the list of members");
+    }
+    root.finish(&mut issues);
+    let mut table = MembershipTable::default();
+    for (at, v) in members.unwrap_or_default() {
+        let mut f = Fields::new(v, &at, &mut issues);
+        let subject = f.string("subject", &mut issues);
+        let issuer = f.string("issuer", &mut issues);
+        let tenants = f.section("tenants", &mut issues);
+        let memberships = tenants.map(|t| read_tenants(t, &mut issues));
+        if f.missing("subject") {
+            issues.push(format!("{at}.subject"), "required: the token's user id");
+        }
+        if f.missing("tenants") {
+            issues.push(
+                format!("{at}.tenants"),
+                "required: a mapping of tenant to its roles",
+            );
+        }
+        f.finish(&mut issues);
+        if let Some(s) = &subject
+            && !is_safe_id(s)
+        {
+            issues.push(
+                format!("{at}.subject"),
+                "must be printable ASCII without `,` or surrounding spaces, at most 1024 bytes",
+            );
+        }
+        if let Some(i) = &issuer
+            && !issuer_names.contains(i)
+        {
+            issues.push(
+                format!("{at}.issuer"),
+                format!("{i:?} is not the name of a configured issuer"),
+            );
+        }
+        if let (Some(subject), Some(memberships)) = (subject, memberships) {
+            if table.contains(&subject, issuer.as_deref()) {
+                issues.push(
+                    at.clone(),
+                    format!(
+                        "a second entry for subject {subject:?}{}: merge them into one",
+                        issuer
+                            .as_deref()
+                            .map(|i| format!(" and issuer {i:?}"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            table.insert(&subject, issuer.as_deref(), memberships);
+        }
+    }
+    if issues.0.is_empty() {
+        Ok(table)
+    } else {
+        Err(ConfigError {
+            issues: issues.0,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+/// `tenants:` — tenant → list of roles (an empty list or null: a member without roles).
+fn read_tenants(f: Fields<'_>, issues: &mut Issues) -> Memberships {
+    let mut rows = Vec::new();
+    let Some(map) = f.map else {
+        return Memberships::default();
+    };
+    for (key, value) in map {
+        let Some(tenant) = key.as_str().map(str::to_owned).or_else(|| match key {
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }) else {
+            issues.push(f.at.clone(), format!("{} is not a tenant name", kind(key)));
+            continue;
+        };
+        let at = f.path(&tenant);
+        if tenant != ANY_TENANT && !is_safe_id(&tenant) {
+            issues.push(
+                at.clone(),
+                "a tenant must be printable ASCII without `,` or surrounding spaces, at most 1024 bytes (or `*`)",
+            );
+            continue;
+        }
+        let roles: Vec<(String, &Value)> = match value {
+            Value::Null => Vec::new(),
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{at}[{i}]"), v))
+                .collect(),
+            other => {
+                issues.push(
+                    at,
+                    format!("invalid type: {}, expected a list of roles", kind(other)),
+                );
+                continue;
+            }
+        };
+        if roles.is_empty() {
+            rows.push(Row {
+                tenant: tenant.as_str().into(),
+                role: None,
+            });
+        }
+        for (role_at, v) in roles {
+            let Some(role) = scalar_string(v, &role_at, issues) else {
+                continue;
+            };
+            if !is_safe_role(&role) {
+                issues.push(
+                    role_at,
+                    "a role must be printable ASCII without spaces, `,`, `\"`, `;` or `\\`, at most 1024 bytes",
+                );
+                continue;
+            }
+            rows.push(Row {
+                tenant: tenant.as_str().into(),
+                role: Some(role.into()),
+            });
+        }
+    }
+    Memberships::new(rows)
 }
 
 fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues) -> Listen {

@@ -25,6 +25,7 @@ pub mod http;
 pub mod jwks;
 pub mod keys;
 pub mod lint;
+pub mod membership;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
@@ -32,6 +33,7 @@ pub mod reload;
 pub mod server;
 pub mod signer;
 pub mod telemetry;
+pub mod tenancy;
 pub mod tls;
 pub mod token;
 

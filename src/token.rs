@@ -395,7 +395,7 @@ fn check_claims(
             // An upstream may split the roles header on `,` or on spaces, or parse it as a
             // structured field (quotes, `;` parameters, `\` escapes): any of those in one role
             // would show it other roles than the policy judged.
-            if !header_safe(role) || role.contains([' ', ',', '"', ';', '\\']) {
+            if !is_safe_role(role) {
                 return Err(TokenError::UnsafeClaim("roles"));
             }
             if !roles.iter().any(|r| &**r == role) {
@@ -479,7 +479,7 @@ fn string_claim(
     match lookup(claims, path).map_err(|()| TokenError::ClaimType(label))? {
         None => Ok(None),
         // A `,` would make one id look like a list of two to an upstream that splits the header.
-        Some(Value::String(s)) if header_safe(s) && !s.contains(',') => Ok(Some(s.as_str().into())),
+        Some(Value::String(s)) if is_safe_id(s) => Ok(Some(s.as_str().into())),
         Some(Value::String(_)) => Err(TokenError::UnsafeClaim(label)),
         Some(_) => Err(TokenError::ClaimType(label)),
     }
@@ -508,6 +508,20 @@ fn lookup<'v>(claims: &'v Map<String, Value>, path: &[String]) -> Result<Option<
         Value::Null => None,
         v => Some(v),
     })
+}
+
+/// A role that can go into `X-User-Roles`: an upstream may split the roles header on `,` or on
+/// spaces, or parse it as a structured field (quotes, `;` parameters, `\` escapes): any of those in
+/// one role would show it other roles than the policy judged. Also the rule for a store's roles.
+pub fn is_safe_role(role: &str) -> bool {
+    header_safe(role) && !role.contains([' ', ',', '"', ';', '\\'])
+}
+
+/// A user or tenant id that can go into its header: header-safe, and no `,`, which would make one
+/// id look like a list of two to an upstream that splits the header. Also the rule for a store's
+/// tenants and subjects.
+pub fn is_safe_id(id: &str) -> bool {
+    header_safe(id) && !id.contains(',')
 }
 
 /// A value that can go into an HTTP header unchanged and be read back identically: printable

@@ -2,9 +2,12 @@
 //!
 //! Order (SPEC §3/§4): method and canonical path (400) → first matching rule (403 if none) → public rules
 //! allow without looking at the token → bearer extraction (401/400) → issuer by exact `iss` →
-//! key set (503 if unavailable) → signature and claims (401) → rule requirements (403).
-//! The only I/O is an unknown-`kid` refetch, delegated to [`crate::jwks`]. The configuration in
-//! force is an immutable snapshot: a check finishes on the version it started with.
+//! key set (503 if unavailable) → signature and claims (401) → the rule's issuers (403) →
+//! memberships from the store, when configured (503 if it cannot answer; SPEC §8) → tenant and
+//! roles on the effective identity (403).
+//! The only I/O is delegated: an unknown-`kid` refetch to [`crate::jwks`], a membership lookup to
+//! [`crate::membership`]; what a lookup means is decided in [`crate::tenancy`]. The configuration
+//! in force is an immutable snapshot: a check finishes on the version it started with.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,9 +18,11 @@ use crate::cache::TokenCache;
 use crate::config::{Config, IssuerConfig};
 use crate::decision::{Decision, Denial};
 use crate::jwks::{IssuerKeys, Refetch};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::policy::{self, canonicalize};
 use crate::telemetry::{self, Protocol};
+use crate::tenancy;
 use crate::token::{Identity, Mismatch, TokenError, Unverified, quote, quote_list};
 
 /// The `Authorization` header(s) of the original request.
@@ -65,6 +70,9 @@ pub struct Runtime {
     pub issuers: Vec<Issuer>,
     pub cache: TokenCache,
     pub metrics: Arc<Metrics>,
+    /// The membership store, when `membership` is configured. Kept across reloads that do not
+    /// change it (see [`crate::reload`]), so its cache and connections survive.
+    pub membership: Option<Arc<Membership>>,
 }
 
 impl Runtime {
@@ -89,6 +97,7 @@ impl Runtime {
             issuers,
             cache,
             metrics,
+            membership: None,
         }
     }
 
@@ -101,10 +110,12 @@ impl Runtime {
             .filter(|i| !i.keys.is_ready())
             .map(|i| Arc::clone(&i.name))
             .collect();
-        if unready.is_empty() {
-            Ok(())
-        } else {
-            Err(NotReady::Issuers(unready))
+        if !unready.is_empty() {
+            return Err(NotReady::Issuers(unready));
+        }
+        match &self.membership {
+            Some(m) if !m.is_ready() => Err(NotReady::Membership),
+            _ => Ok(()),
         }
     }
 }
@@ -117,6 +128,9 @@ pub enum NotReady {
     /// The names of every issuer without a usable key set, in config order.
     #[error("{}", unready_issuers_message(.0))]
     Issuers(Vec<Arc<str>>),
+    /// The membership store has not answered yet (SPEC §8).
+    #[error("the membership store has not answered yet")]
+    Membership,
 }
 
 fn unready_issuers_message(names: &[Arc<str>]) -> String {
@@ -232,12 +246,54 @@ pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
         Ok(id) => id,
         Err(d) => return deny(d),
     };
+    let identity = match with_memberships(rt, &matched, identity).await {
+        Ok(id) => id,
+        Err(d) => return deny(d),
+    };
     match policy::authorize(&matched, &identity) {
         Ok(()) => Decision::Allow {
             rule: Arc::clone(&matched.rule.name),
             identity: Some(identity),
         },
         Err(p) => deny(Denial::Policy(p)),
+    }
+}
+
+/// The identity the rule is judged on: the token's, joined with the store's memberships when the
+/// store covers this issuer (SPEC §8). A token without a user id has nothing to look up. A rule
+/// that refuses the issuer is refused before any lookup, so no store outage turns it into a 503.
+async fn with_memberships(
+    rt: &Runtime,
+    matched: &policy::RuleMatch<'_, '_>,
+    identity: Arc<Identity>,
+) -> Result<Arc<Identity>, Denial> {
+    let Some(store) = &rt.membership else {
+        return Ok(identity);
+    };
+    let Some(user) = identity.user_id.as_deref() else {
+        return Ok(identity);
+    };
+    if !store.covers(&identity.issuer) || !policy::issuer_allowed(matched.rule, &identity) {
+        return Ok(identity);
+    }
+    match store.lookup(&identity.issuer, user).await {
+        Ok(found) => {
+            rt.metrics
+                .record_membership_lookup(store.source(), found.outcome.label());
+            // `tenant` is the rule's `tenant_param` segment; only such rules have one.
+            Ok(Arc::new(tenancy::effective(
+                &identity,
+                &found.memberships,
+                matched.tenant,
+            )))
+        }
+        Err(e) => {
+            rt.metrics.record_membership_lookup(store.source(), "error");
+            Err(Denial::MembershipUnavailable {
+                detail: e.reason,
+                retry_after_secs: e.retry_after_secs,
+            })
+        }
     }
 }
 

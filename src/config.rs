@@ -2089,6 +2089,92 @@ policy:
     }
 
     #[test]
+    fn membership_section_problems_name_their_fields() {
+        let with = |m: &str| format!("{BASE}membership:\n{m}");
+        let p = |m: &str| paths(load(&with(m)).unwrap_err());
+        assert_eq!(p("  issuers: [iam]\n"), vec!["membership"]);
+        assert_eq!(
+            p("  file: a.yaml\n  postgres: {url: postgres://x@localhost/db, query: SELECT 1}\n"),
+            vec!["membership"]
+        );
+        assert_eq!(
+            p(
+                "  postgres:\n    url_env: CITADEL_TEST_SURELY_UNSET_VAR\n    query: q\n    notify_channel: 1bad\n    pool_size: 0\n  issuers: [nobody]\n  cache_ttl: 2d\n  capacity: 20000000\n"
+            ),
+            vec![
+                "membership.issuers[0]",
+                "membership.cache_ttl",
+                "membership.capacity",
+                "membership.postgres.url_env",
+                "membership.postgres.notify_channel",
+                "membership.postgres.pool_size",
+            ]
+        );
+        assert_eq!(
+            p("  postgres:\n    url: \"host=/tmp port=notaport password=hunter2\"\n"),
+            vec!["membership.postgres.url", "membership.postgres.query"]
+        );
+        let err = load(&with(
+            "  postgres:\n    url: \"host=/tmp port=notaport password=hunter2\"\n    query: q\n",
+        ))
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+
+        let c = load(&with(
+            "  postgres:\n    url: postgres://authz:hunter2@127.0.0.1:5432/policy\n    query: SELECT tenant, role FROM m WHERE issuer = $1 AND subject = $2\n",
+        ))
+        .unwrap();
+        let m = c.membership.unwrap();
+        assert_eq!(m.cache_ttl, Duration::from_secs(30));
+        assert_eq!(m.max_stale, Duration::from_secs(300));
+        assert!(
+            m.covers("iam") && m.covers("other"),
+            "empty issuers: every issuer"
+        );
+        let MembershipSource::Postgres(pg) = &m.source else {
+            panic!("postgres source expected")
+        };
+        assert_eq!(pg.pool_size, 4);
+        assert_eq!(pg.url_source, "membership.postgres.url");
+        assert!(!format!("{m:?}").contains("hunter2"), "{m:?}");
+    }
+
+    #[test]
+    fn memberships_file_is_validated_whole_with_field_paths() {
+        let names = ["iam".to_owned()];
+        let err = parse_memberships(
+            "members:\n  - subject: alice\n    tenants:\n      acme: [admin, \"a,b\"]\n      \"bad tenant \": [x]\n      globex: member\n  - subject: alice\n    tenants: {}\n  - subject: bob\n    issuer: partner\n    role: x\n    tenants: {}\n",
+            "m.yaml",
+            &names,
+        )
+        .unwrap_err();
+        assert_eq!(
+            paths(err),
+            vec![
+                "m.yaml: members[0].tenants.acme[1]",
+                "m.yaml: members[0].tenants.bad tenant ",
+                "m.yaml: members[0].tenants.globex",
+                "m.yaml: members[1]",
+                "m.yaml: members[2].role",
+                "m.yaml: members[2].issuer",
+            ]
+        );
+        let t = parse_memberships(
+            "members:\n  - subject: alice\n    issuer: iam\n    tenants:\n      acme: [admin, member]\n      globex: []\n      \"*\": [support]\n",
+            "m.yaml",
+            &names,
+        )
+        .unwrap();
+        let m = t.lookup("iam", "alice");
+        assert!(m.is_member_of("globex") && m.is_member_of("anything"));
+        assert_eq!(
+            m.roles_for(Some("acme")).collect::<Vec<_>>(),
+            ["admin", "member", "support"]
+        );
+        assert_eq!(t.lookup("other", "alice"), Memberships::default());
+    }
+
+    #[test]
     fn unknown_key_names_its_path() {
         let text = BASE.replace("    audiences:", "    audience: x\n    audiences:");
         let err = load(&text).unwrap_err();

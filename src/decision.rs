@@ -51,6 +51,14 @@ pub enum Denial {
         issuer: Arc<str>,
         retry_after_secs: u64,
     },
+    /// The membership store could not answer and no usable cached entry exists (SPEC §8):
+    /// never an allow on unverified roles, never a 403 because the store is down.
+    #[error("membership store is unavailable")]
+    MembershipUnavailable {
+        /// Why, for the decision log only (no secrets; the client is not told).
+        detail: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// The families of denial in SPEC §4's table.
@@ -120,7 +128,9 @@ impl Denial {
             | Denial::BadMethod(_)
             | Denial::SeveralAuthorizations
             | Denial::BadRequest(_) => Outcome::BadRequest,
-            Denial::KeysUnavailable { .. } => Outcome::Unavailable,
+            Denial::KeysUnavailable { .. } | Denial::MembershipUnavailable { .. } => {
+                Outcome::Unavailable
+            }
         }
     }
 }
@@ -156,6 +166,7 @@ impl Denial {
             Denial::BadRequest(_) => "bad_request",
             Denial::UntrustedPeer => "untrusted_peer",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
+            Denial::MembershipUnavailable { .. } => "membership_unavailable",
         }
     }
 }
@@ -170,6 +181,7 @@ impl Denial {
                 Some(accepted) => format!("{e}; {accepted}"),
                 None => e.to_string(),
             },
+            Denial::MembershipUnavailable { detail, .. } => format!("{self}: {detail}"),
             d => d.to_string(),
         }
     }
@@ -221,6 +233,9 @@ pub fn render_denial(denial: &Denial, realm: &str) -> DenialResponse {
         Outcome::Unavailable => {
             let secs = match denial {
                 Denial::KeysUnavailable {
+                    retry_after_secs, ..
+                }
+                | Denial::MembershipUnavailable {
                     retry_after_secs, ..
                 } => *retry_after_secs,
                 _ => 5,
@@ -378,6 +393,18 @@ mod tests {
         assert_eq!((r.status, r.grpc_code), (503, 14));
         assert!(r.headers.contains(&("retry-after", "7".to_owned())));
         assert!(!r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+
+        let down = Denial::MembershipUnavailable {
+            detail: "connection refused".to_owned(),
+            retry_after_secs: 1,
+        };
+        let r = render_denial(&down, realm);
+        assert_eq!((r.status, r.grpc_code), (503, 14));
+        assert!(r.headers.contains(&("retry-after", "1".to_owned())));
+        assert!(r.body.contains("temporarily_unavailable"));
+        // The cause is for the operator's log, not for the client.
+        assert!(!r.body.contains("refused"));
+        assert!(down.log_reason().contains("connection refused"));
     }
 
     #[test]

@@ -43,6 +43,17 @@ struct IssuerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    source: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -60,6 +71,8 @@ pub struct Metrics {
     cache_size: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
+    membership_lookups: Family<LookupLabels, Counter>,
+    membership_available: Family<SourceLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +146,18 @@ impl Metrics {
             "Entries in the verified-token cache",
             cache_size.clone(),
         );
+        let membership_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "membership_lookups",
+            "Membership store lookups by source (file, postgres) and outcome (hit, miss, stale, error)",
+            membership_lookups.clone(),
+        );
+        let membership_available = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "membership_store_available",
+            "1 when the membership store answers now, 0 when it cannot be reached",
+            membership_available.clone(),
+        );
         let reloads = Family::default();
         registry.register(
             "config_reloads",
@@ -142,7 +167,7 @@ impl Metrics {
         let ready = Gauge::default();
         registry.register(
             "ready",
-            "1 when every issuer has a usable key set",
+            "1 when ready: every issuer has a usable key set and the membership store (if any) has answered",
             ready.clone(),
         );
         Metrics {
@@ -156,6 +181,8 @@ impl Metrics {
             cache_misses,
             cache_size,
             reloads,
+            membership_lookups,
+            membership_available,
             ready,
         }
     }
@@ -201,6 +228,13 @@ impl Metrics {
         }
     }
 
+    /// One membership lookup: `outcome` is hit, miss, stale or error.
+    pub fn record_membership_lookup(&self, source: &'static str, outcome: &'static str) {
+        self.membership_lookups
+            .get_or_create(&LookupLabels { source, outcome })
+            .inc();
+    }
+
     pub fn record_reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&OutcomeLabels {
@@ -232,6 +266,14 @@ impl Metrics {
         self.cache_size
             .set(i64::try_from(rt.cache.len()).unwrap_or(i64::MAX));
         self.ready.set(i64::from(authorizer.readiness().is_ok()));
+        self.membership_available.clear();
+        if let Some(store) = &rt.membership {
+            self.membership_available
+                .get_or_create(&SourceLabels {
+                    source: store.source(),
+                })
+                .set(i64::from(store.is_available()));
+        }
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -601,14 +601,19 @@ fn compile_pattern(pattern: &str, tenant_param: Option<&str>) -> Result<Pattern,
     })
 }
 
+/// Whether the rule's `issuers` (if any) include the identity's issuer.
+pub fn issuer_allowed(rule: &Rule, identity: &Identity) -> bool {
+    rule.issuers
+        .as_ref()
+        .is_none_or(|issuers| issuers.iter().any(|i| **i == *identity.issuer))
+}
+
 /// Decide whether a verified identity may pass the matched (non-public) rule.
 /// Order: issuer, then tenant, then roles — a request for the wrong tenant is `forbidden` even when
 /// roles are also missing, since no extra scope would fix it.
 pub fn authorize(m: &RuleMatch<'_, '_>, identity: &Identity) -> Result<(), PolicyDenial> {
     let rule = m.rule;
-    if let Some(issuers) = &rule.issuers
-        && !issuers.iter().any(|i| **i == *identity.issuer)
-    {
+    if !issuer_allowed(rule, identity) {
         return Err(PolicyDenial::IssuerNotAllowed);
     }
     if rule.has_tenant_param {

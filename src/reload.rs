@@ -1,12 +1,14 @@
-//! Building a [`Runtime`] from a [`Config`], and hot reload: the config and policy files are
-//! watched (content polled every second, which also follows Kubernetes ConfigMap symlink swaps)
+//! Building a [`Runtime`] from a [`Config`], and hot reload: the config, policy and memberships
+//! files are watched (content polled every second, which also follows Kubernetes ConfigMap symlink swaps)
 //! and re-read on SIGHUP.
 //!
 //! A new version is validated whole, then swapped in atomically; checks in flight finish on the
 //! version they started with. An invalid version is refused whole: the last good one stays,
 //! readiness is unaffected, the problem is logged with its field path and counted. Issuers whose
 //! source and timing are unchanged keep their key sets (no refetch storm); changed or new ones get
-//! fresh key stores, and the refreshers of removed ones stop.
+//! fresh key stores, and the refreshers of removed ones stop. A PostgreSQL membership store whose
+//! settings are unchanged is kept likewise (its connections and cache); a memberships file's
+//! new version is part of the new config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use crate::authorizer::{Authorizer, Runtime};
 use crate::config::{Config, IssuerConfig};
 use crate::jwks::{IssuerKeys, http_client};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 
 /// How often the files are looked at.
@@ -44,7 +47,14 @@ impl KeyStores {
         let client = http_client(&config.jwks)?;
         let timing = config.jwks.clone();
         let mut fresh = Vec::new();
-        let runtime = Runtime::new(
+        let membership = config.membership.as_ref().map(|m| {
+            Arc::new(Membership::new(
+                m,
+                previous.and_then(|p| p.membership.as_deref()),
+                self.stop.clone(),
+            ))
+        });
+        let mut runtime = Runtime::new(
             config,
             Arc::clone(&self.metrics),
             |issuer: &IssuerConfig| {
@@ -68,6 +78,7 @@ impl KeyStores {
                 })
             },
         );
+        runtime.membership = membership;
         for keys in fresh {
             tokio::spawn(IssuerKeys::refresh_loop(
                 Arc::downgrade(&keys),
@@ -92,20 +103,14 @@ pub async fn watch_files(
             None
         }
     };
-    let mut seen = fingerprint(
-        &config_path,
-        authorizer.runtime().config.policy_file.as_deref(),
-    );
+    let mut seen = fingerprint(&config_path, &authorizer.runtime().config);
     loop {
         let forced = tokio::select! {
             _ = tokio::time::sleep(POLL) => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let now = fingerprint(
-            &config_path,
-            authorizer.runtime().config.policy_file.as_deref(),
-        );
+        let now = fingerprint(&config_path, &authorizer.runtime().config);
         if !forced && now == seen {
             continue;
         }
@@ -115,11 +120,8 @@ pub async fn watch_files(
             &stores,
             if forced { "SIGHUP" } else { "file change" },
         );
-        // The policy file may have moved: look at the new one from now on.
-        seen = fingerprint(
-            &config_path,
-            authorizer.runtime().config.policy_file.as_deref(),
-        );
+        // The policy or memberships file may have moved: look at the new one from now on.
+        seen = fingerprint(&config_path, &authorizer.runtime().config);
     }
 }
 
@@ -160,13 +162,18 @@ pub fn reload(
     }
 }
 
-/// Contents of the watched files (hash), to notice any change including a ConfigMap swap.
-fn fingerprint(config: &Path, policy: Option<&Path>) -> (u64, u64) {
+/// Contents of the watched files (hash), to notice any change including a ConfigMap swap: the
+/// config file and the policy and memberships files that the config in force names.
+fn fingerprint(config_path: &Path, config: &Config) -> [u64; 3] {
     let h = |p: Option<&Path>| {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         p.and_then(|p| std::fs::read(p).ok()).hash(&mut hasher);
         hasher.finish()
     };
-    (h(Some(config)), h(policy))
+    [
+        h(Some(config_path)),
+        h(config.policy_file.as_deref()),
+        h(config.membership.as_ref().and_then(|m| m.file())),
+    ]
 }

@@ -83,11 +83,14 @@ pub fn effective(
     }
 }
 
-/// A memberships file, validated: the entries of each subject in file order, each with the issuer
-/// name it is limited to (`None`: every issuer).
+/// One entry of a memberships file: the issuer name it is limited to (`None`: every issuer)
+/// and its rows.
+type Entry = (Option<Box<str>>, Memberships);
+
+/// A memberships file, validated: the entries of each subject in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipTable {
-    by_subject: HashMap<Box<str>, Vec<(Option<Box<str>>, Memberships)>>,
+    by_subject: HashMap<Box<str>, Vec<Entry>>,
 }
 
 impl MembershipTable {

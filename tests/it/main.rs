@@ -12,5 +12,6 @@ mod gateways;
 mod grpc;
 mod jwks;
 mod limits;
+mod membership;
 mod ops;
 mod tls;

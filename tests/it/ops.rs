@@ -11,17 +11,6 @@ use jsonwebtoken::Algorithm;
 
 use crate::support::*;
 
-/// The value of the sample `name{labels…}` (labels given as a substring, e.g. `outcome="allow"`).
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_sequence() {
     let k = key(Algorithm::ES256, "k1");

@@ -284,6 +284,17 @@ policy:
     )
 }
 
+/// The sum of a metric's samples in `/metrics` text whose labels include every one of `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// citadel-authz running in this test process.
 pub struct InProcess {
     pub running: Option<citadel_authz::Running>,

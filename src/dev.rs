@@ -9,7 +9,9 @@
 //!
 //! The banner printed at start is derived from the policy actually loaded: its rules, and for each
 //! example command the answer of the same decision core the server uses
-//! ([`crate::authorizer::check`]), so the annotations hold for any policy.
+//! ([`crate::authorizer::check`]), so the annotations hold for any policy. Without `--config`, a
+//! built-in memberships file ([`EXAMPLE_MEMBERSHIPS`]) shows the membership store (SPEC §8): a
+//! persona whose token says tenant `acme` is also `admin` in `globex` because the store says so.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -27,8 +29,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use crate::authorizer::{self, AuthHeader, Authorizer, CheckInput, Runtime};
-use crate::config::{ClaimPaths, IssuerConfig, JwksSource};
-use crate::decision::{Decision, Outcome};
+use crate::config::{
+    ClaimPaths, ConfigError, IssuerConfig, JwksSource, MembershipConfig, MembershipSource,
+};
+use crate::decision::{Decision, Outcome, identity_headers};
 use crate::policy::Rule;
 use crate::signer::{KeyGenError, SigningKey};
 
@@ -74,6 +78,30 @@ pub const EXAMPLE_POLICY: &str = r#"rules:
     paths: [/api/me]
 "#;
 
+/// The built-in memberships used when `dev` runs without `--config`: dana's token says tenant
+/// `acme`, the store also makes her `admin` in `globex`.
+pub const EXAMPLE_MEMBERSHIPS: &str = r#"members:
+  - subject: dana
+    tenants:
+      globex: [admin]
+"#;
+
+/// The membership store of the built-in example: [`EXAMPLE_MEMBERSHIPS`] as a memberships file
+/// with the default cache settings (unused by a file, which is read into memory).
+pub fn example_membership() -> Result<MembershipConfig, ConfigError> {
+    let table = crate::config::parse_memberships(EXAMPLE_MEMBERSHIPS, "built-in memberships", &[])?;
+    Ok(MembershipConfig {
+        source: MembershipSource::File {
+            path: "built-in memberships".into(),
+            table: Arc::new(table),
+        },
+        issuers: Vec::new(),
+        cache_ttl: Duration::from_secs(30),
+        max_stale: Duration::from_secs(300),
+        capacity: 100_000,
+    })
+}
+
 /// A ready-made identity printed with a token at start.
 #[derive(Debug, Clone, Copy)]
 pub struct Persona {
@@ -86,7 +114,7 @@ pub struct Persona {
 }
 
 /// The personas, least privileged first: an example shows the first one the policy lets through.
-pub const PERSONAS: [Persona; 3] = [
+pub const PERSONAS: [Persona; 4] = [
     Persona {
         var: "READER_TOKEN",
         sub: "bob",
@@ -106,6 +134,13 @@ pub const PERSONAS: [Persona; 3] = [
         sub: "alice",
         tenant: Some(HOME_TENANT),
         roles: &["admin"],
+        about: "",
+    },
+    Persona {
+        var: "CONSULTANT_TOKEN",
+        sub: "dana",
+        tenant: Some(HOME_TENANT),
+        roles: &["member"],
         about: "",
     },
 ];
@@ -488,7 +523,77 @@ pub async fn banner(input: &BannerInput<'_>, authorizer: &Authorizer) -> String 
         answers.push(row);
     }
     let examples = choose(&probes, &answers);
-    render(input, &rt, &tokens, &probes, &examples)
+    let stored = stored_memberships(&rt).await;
+    let cross_tenant = cross_tenant_example(&probes, &answers);
+    render(
+        input,
+        &rt,
+        &Shown {
+            tokens: &tokens,
+            stored: &stored,
+            probes: &probes,
+            examples: &examples,
+            cross_tenant: cross_tenant.as_ref(),
+        },
+    )
+}
+
+/// What the banner shows, besides the config in force.
+struct Shown<'a> {
+    tokens: &'a [String],
+    /// Per persona, what the membership store lists (`None`: no store, or it lists nothing).
+    stored: &'a [Option<String>],
+    probes: &'a [Probe],
+    examples: &'a [Example],
+    /// A persona let into another tenant than its token's by the store.
+    cross_tenant: Option<&'a Example>,
+}
+
+/// Per persona, the store's memberships as `globex: admin; *: support` (asked like a check would).
+async fn stored_memberships(rt: &Runtime) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(PERSONAS.len());
+    for p in &PERSONAS {
+        let found = match &rt.membership {
+            Some(store) if store.covers(DEV_ISSUER_NAME) => {
+                store.lookup(DEV_ISSUER_NAME, p.sub).await.ok()
+            }
+            _ => None,
+        };
+        let text = found.filter(|f| !f.memberships.rows.is_empty()).map(|f| {
+            let mut tenants: Vec<(String, Vec<String>)> = Vec::new();
+            for row in &f.memberships.rows {
+                let role = row.role.as_deref().map(str::to_owned);
+                match tenants.iter_mut().find(|(t, _)| **t == *row.tenant) {
+                    Some((_, roles)) => roles.extend(role),
+                    None => tenants.push((row.tenant.to_string(), role.into_iter().collect())),
+                }
+            }
+            tenants
+                .iter()
+                .map(|(t, roles)| format!("{t}: {}", roles.join(",")).trim_end().to_owned())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        out.push(text);
+    }
+    out
+}
+
+/// The first persona allowed on another tenant's route: only the store can let it in, since no
+/// persona's token names that tenant.
+fn cross_tenant_example(probes: &[Probe], answers: &[Vec<Answer>]) -> Option<Example> {
+    probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.other_tenant)
+        .find_map(|(i, _)| {
+            let slot = (1..answers[i].len()).find(|&s| answers[i][s].outcome == Outcome::Allow)?;
+            Some(Example {
+                probe: i,
+                persona: Some(slot - 1),
+                answer: answers[i][slot].clone(),
+            })
+        })
 }
 
 /// One request an example makes: for a rule, a concrete path from its first pattern.
@@ -506,6 +611,8 @@ struct Answer {
     outcome: Outcome,
     /// The rule that decided; `None` when none matched (or the peer is not trusted).
     rule: Option<Arc<str>>,
+    /// On an allow with an identity: the identity headers set, `name: value, …`.
+    headers: Option<String>,
 }
 
 /// An example command: a probe, whose token (`None`: none, else an index into [`PERSONAS`]), and
@@ -588,6 +695,7 @@ async fn judge(rt: &Runtime, http: SocketAddr, probe: &Probe, token: Option<&str
         return Answer {
             outcome: Outcome::Forbidden,
             rule: None,
+            headers: None,
         };
     }
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -598,11 +706,25 @@ async fn judge(rt: &Runtime, http: SocketAddr, probe: &Probe, token: Option<&str
     };
     let decision = authorizer::check(rt, &input, authorizer::unix_now()).await;
     let outcome = decision.outcome();
-    let rule = match decision {
-        Decision::Allow { rule, .. } => Some(rule),
-        Decision::Deny { rule, .. } => rule,
+    let (rule, headers) = match decision {
+        Decision::Allow { rule, identity } => {
+            let headers = identity.map(|id| {
+                identity_headers(Some(&id), &rt.config.headers)
+                    .set
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            (Some(rule), headers)
+        }
+        Decision::Deny { rule, .. } => (rule, None),
     };
-    Answer { outcome, rule }
+    Answer {
+        outcome,
+        rule,
+        headers,
+    }
 }
 
 /// Pick the example commands from the answers (`answers[probe][0]` without a token,
@@ -615,7 +737,7 @@ fn choose(probes: &[Probe], answers: &[Vec<Answer>]) -> Vec<Example> {
         answer: answers[probe][slot].clone(),
     };
     let allowed = |probe: usize, slot: usize| answers[probe][slot].outcome == Outcome::Allow;
-    let personas = 1..=PERSONAS.len();
+    let personas = 1..answers.first().map_or(1, Vec::len);
     let mut out: Vec<Example> = Vec::new();
     // Per rule: without a token when that passes, else the first persona that passes, else the
     // first persona's denial (a rule no persona passes still shows why).
@@ -740,13 +862,13 @@ fn columns(rows: &[Vec<String>], indent: &str) -> String {
     out
 }
 
-fn render(
-    input: &BannerInput<'_>,
-    rt: &Runtime,
-    tokens: &[String],
-    probes: &[Probe],
-    examples: &[Example],
-) -> String {
+fn render(input: &BannerInput<'_>, rt: &Runtime, shown: &Shown<'_>) -> String {
+    let Shown {
+        tokens,
+        probes,
+        examples,
+        ..
+    } = *shown;
     let http = reachable(input.http);
     let mut out = String::new();
     out.push_str(&format!(
@@ -796,14 +918,18 @@ fn render(
     let rows: Vec<Vec<String>> = PERSONAS
         .iter()
         .zip(tokens)
-        .map(|(p, t)| {
+        .zip(shown.stored)
+        .map(|((p, t), stored)| {
             let tenant = p
                 .tenant
                 .map_or_else(String::new, |t| format!(", tenant {t}"));
+            let stored = stored
+                .as_deref()
+                .map_or_else(String::new, |s| format!("; membership store: {s}"));
             vec![
                 format!("export {}={t}", p.var),
                 format!(
-                    "# {}{}{tenant}, roles {}",
+                    "# {}{}{tenant}, roles {}{stored}",
                     p.sub,
                     p.about,
                     p.roles.join(",")
@@ -873,6 +999,38 @@ fn render(
                 token_arg(e.persona),
                 e.answer.rule.as_deref().map_or_else(|| "no rule".to_owned(), |r| format!("rule {r}")),
             ));
+        }
+    }
+
+    // The membership store, when there is one.
+    if let Some(store) = &rt.membership {
+        let from = rt
+            .config
+            .membership
+            .as_ref()
+            .and_then(|m| m.file())
+            .map_or_else(|| store.source().to_owned(), |p| p.display().to_string());
+        out.push_str(&format!(
+            "\nMembership store — {from}: its roles and tenants join the token's (tenant_param rules pass for a tenant the store lists):\n"
+        ));
+        match shown.cross_tenant {
+            Some(e) => {
+                let p = &probes[e.probe];
+                out.push_str(&columns(
+                    &[vec![
+                        "check".to_owned(),
+                        p.method.clone(),
+                        p.path.clone(),
+                        token_arg(e.persona),
+                        format!("# {}", annotation(&e.answer)),
+                    ]],
+                    "  ",
+                ));
+                if let Some(h) = &e.answer.headers {
+                    out.push_str(&format!("  #   upstream gets {h}\n"));
+                }
+            }
+            None => out.push_str("  (no persona is let into another tenant by the store)\n"),
         }
     }
 
@@ -1153,6 +1311,7 @@ mod tests {
         let a = |outcome, rule: &str| Answer {
             outcome,
             rule: Some(rule.into()),
+            headers: None,
         };
         use Outcome::*;
         // Slots: no token, READER, SERVICE, ADMIN.

@@ -244,6 +244,10 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
     };
     if config.is_none() {
         config_in_force.issuers.clear();
+        config_in_force.membership = match dev::example_membership() {
+            Ok(m) => Some(m),
+            Err(e) => return config_failed(Path::new("dev"), &e),
+        };
     }
     config_in_force.issuers.push(issuer.issuer_config());
     // `check --grpc` speaks plaintext TCP: no example for a unix socket or a TLS listener.

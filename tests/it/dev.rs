@@ -785,3 +785,62 @@ async fn dev_endpoints_answer_only_loopback_peers_whatever_the_listener_binds() 
             .success()
     );
 }
+
+/// The built-in example shows the membership store: dana's token says tenant acme, the built-in
+/// memberships make her admin in globex. The banner's command, pasted, gets what it promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_demonstrates_a_cross_tenant_membership_from_the_store() {
+    let (_guard, _grpc, http, banner) = start_dev();
+    let readyz = format!("http://{http}/readyz");
+    eventually(Duration::from_secs(20), "dev ready", || async {
+        (reqwest::get(&readyz).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    assert!(
+        banner.contains("# dana, tenant acme, roles member; membership store: globex: admin"),
+        "{banner}"
+    );
+    let section = banner
+        .split("Membership store — built-in memberships")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no membership section: {banner}"));
+    let line = section
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("check "))
+        .unwrap();
+    assert!(
+        line.contains("/api/tenants/globex/")
+            && line.contains("$CONSULTANT_TOKEN")
+            && line.contains("# 200 allow"),
+        "{line}"
+    );
+    assert!(
+        section.contains("x-tenant-id: globex, x-user-roles: member,admin"),
+        "{section}"
+    );
+    let command = line.split(" # ").next().unwrap();
+    assert_eq!(
+        run_pasted(&banner, command).trim().rsplit(' ').next(),
+        Some("200")
+    );
+
+    let dana = exported(&banner, "CONSULTANT_TOKEN");
+    let ask = |uri: &'static str| {
+        reqwest::Client::new()
+            .get(format!("http://{http}/api/iam/check-access"))
+            .header("X-Forwarded-Method", "GET")
+            .header("X-Forwarded-Uri", uri)
+            .header("Authorization", format!("Bearer {dana}"))
+            .send()
+    };
+    let resp = ask("/api/tenants/globex/reports").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-tenant-id"], "globex");
+    assert_eq!(resp.headers()["x-user-roles"], "member,admin");
+    // Admin in globex only: the admin rule has no tenant parameter, so her token's tenant (acme)
+    // is the request tenant, where the store gives her nothing.
+    assert_eq!(ask("/api/admin/users").await.unwrap().status(), 403);
+    let resp = ask("/api/tenants/acme/reports").await.unwrap();
+    assert_eq!(resp.headers()["x-user-roles"], "member");
+}

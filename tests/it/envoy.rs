@@ -900,21 +900,7 @@ async fn key_rotation_and_idp_outage_without_restarting_citadel_authz() {
     ))
     .await;
     authz.wait_ready().await;
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start(
-        "envoy/envoy.yaml",
-        vec![
-            (
-                "port_value: 9191",
-                format!("port_value: {}", authz.grpc.port()),
-            ),
-            (
-                "port_value: 8080",
-                format!("port_value: {}", upstream.addr.port()),
-            ),
-        ],
-    )
-    .await;
+    let (envoy, _upstream) = envoy_for(&authz).await;
 
     let mut old = Vec::new();
     for client in ["svc-es256", "svc-rs256", "svc-eddsa"] {
@@ -1574,4 +1560,75 @@ fn dockerfile_is_multi_stage_non_root_and_ships_a_valid_config() {
             ".dockerignore lacks {entry}"
         );
     }
+}
+
+/// Envoy (`envoy/envoy.yaml`) in front of an in-process citadel-authz, with an echo upstream.
+async fn envoy_for(authz: &InProcess) -> (Envoy, EchoUpstream) {
+    let upstream = EchoUpstream::start().await;
+    let envoy = Envoy::start(
+        "envoy/envoy.yaml",
+        vec![
+            (
+                "port_value: 9191",
+                format!("port_value: {}", authz.grpc.port()),
+            ),
+            (
+                "port_value: 8080",
+                format!("port_value: {}", upstream.addr.port()),
+            ),
+        ],
+    )
+    .await;
+    (envoy, upstream)
+}
+
+/// SPEC §8 through real Envoy: the store's tenant and roles reach the upstream (and replace what
+/// a client sent), a user the store does not list in the path's tenant is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_store_tenant_and_roles_reach_the_upstream_through_envoy() {
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("citadel-authz.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}membership:\n  file: memberships.yaml\n",
+            config_yaml(&jwks, "  refresh_min: 30s")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("memberships.yaml"),
+        "members:\n  - subject: alice\n    tenants:\n      globex: [admin]\n",
+    )
+    .unwrap();
+    let authz = InProcess::start_file(&cfg).await;
+    authz.wait_ready().await;
+    let (envoy, _upstream) = envoy_for(&authz).await;
+
+    let alice = k.mint(&claims(&jwks.issuer(), "alice", "acme", &["member"]));
+    let reply = envoy
+        .get(
+            "/api/tenants/globex/reports",
+            &[
+                ("authorization", &bearer(&alice)),
+                ("x-tenant-id", "acme"),
+                ("x-user-roles", "root"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream_saw(&reply, "x-user-id"), ["alice"]);
+    assert_eq!(upstream_saw(&reply, "x-tenant-id"), ["globex"]);
+    assert_eq!(upstream_saw(&reply, "x-user-roles"), ["member,admin"]);
+    // The admin rule has no tenant parameter: the request tenant is the token's (acme), where
+    // the store gives alice nothing.
+    let reply = envoy.get_with("/api/admin/users", &alice).await;
+    assert_denial(&reply, 403, Some("Bearer realm="), "insufficient_scope");
+
+    let bob = k.mint(&claims(&jwks.issuer(), "bob", "acme", &["member"]));
+    let reply = envoy.get_with("/api/tenants/globex/reports", &bob).await;
+    assert_denial(&reply, 403, None, "forbidden");
+    authz.stop().await;
 }

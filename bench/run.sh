@@ -36,7 +36,7 @@ LG_CONC=64            # loadgen closed-loop streams
 LG_CONNS=2            # ... over this many HTTP/2 connections
 export ISSUER=https://iam.bench.local AUDIENCE=https://api.bench.local
 export ENVOY_PORT=28000 ENVOY_ADMIN_PORT=28001 JWKS_PORT=28080 GRPC_PORT=28191 HTTP_PORT=28192 NOOP_PORT=28393
-export JWT_CACHE_SIZE=$((NTOK * 2))
+export JWT_CACHE_SIZE=$((NTOK * 2)) NTOK
 ALGS=(ES256 RS256 EdDSA)
 URL_PATH=/api/orders/42
 
@@ -215,8 +215,13 @@ lg_run srv_citadel_open1k "$citadel_pid" "$GRPC_PORT" --rate 1000 --tokens "$(to
 lg_run srv_noop_open5k "$noop_pid" "$NOOP_PORT" --rate 5000 --tokens "$(tokens ES256 1)"
 lg_run srv_citadel_open5k "$citadel_pid" "$GRPC_PORT" --rate 5000 --tokens "$(tokens ES256 1)"
 
-say "policy scaling: citadel-authz with 1,000 rules"
+say "membership store (file) on: the same one-token closed loop"
 stop "$citadel_pid"
+start_citadel members
+lg_run srv_citadel_members_file_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 1)"
+stop "$citadel_pid"
+
+say "policy scaling: citadel-authz with 1,000 rules"
 start_citadel 1000
 lg_run srv_citadel_1000rules_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 1)"
 stop "$citadel_pid"

@@ -8,7 +8,7 @@
 //!   percentiles instead of silently lowering the rate (no coordinated omission). A dedicated
 //!   pacing thread sleeps, then spins briefly, so the pacer itself adds only a few µs.
 //!
-//! Requests are built with `citadel_authz::client::check_request`; `--tokens FILE` (one JWT a line)
+//! Requests are built with `citadel_authz::cli::client::check_request`; `--tokens FILE` (one JWT a line)
 //! is rotated through, one token per check. `--count N` stops after N checks (closed loop), e.g.
 //! to send each of N tokens exactly once. The summary is one JSON line on stdout (latencies in µs);
 //! a human-readable one goes to stderr.
@@ -126,7 +126,7 @@ impl Load {
         } else {
             &self.headers[i % self.headers.len()][..]
         };
-        citadel_authz::client::check_request(&self.method, &self.path, headers)
+        citadel_authz::cli::client::check_request(&self.method, &self.path, headers)
     }
 
     async fn check(&self, i: usize) -> Outcome {

@@ -15,7 +15,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use citadel_authz::signer::SigningKey;
+use citadel_authz::core::signer::SigningKey;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 

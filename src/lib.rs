@@ -7,37 +7,22 @@
 //! `x-user-id` / `x-tenant-id` / `x-user-roles` for the upstream, or a denial with the right
 //! status. See `SPEC.md` (§ numbers in comments) and the README.
 //!
-//! Layout: a pure core — [`config`] (YAML → validated config), [`policy`] (rules, canonical
-//! paths), [`token`] (JWT → identity), [`keys`] (JWKS → key set), [`decision`] (outcomes and their
-//! wire form) — joined by [`authorizer`]; I/O at the edges — [`jwks`] (fetching), [`grpc`] and
-//! [`http`] (adapters), [`server`] (listeners, lifecycle), [`conn`] (connection bounds), [`dev`]
-//! (the demo issuer).
+//! Layout — the file list is the architecture, and a lower layer never imports an upper one:
+//! - [`core`]: pure — config (YAML → validated), policy, token, keys, identity, membership
+//!   semantics ([`core::tenancy`]), decision and its wire form. No network, no tokio, no clock.
+//! - [`sources`]: facts from outside, each with its fetch, cache, single flight and staleness —
+//!   [`sources::jwks`], [`sources::membership`] (file, PostgreSQL). Import `core` only.
+//! - [`serve`]: the [`serve::authorizer`] joining core and sources per check, the gRPC and HTTP
+//!   adapters, listeners and connection bounds, TLS, reload, metrics, decision log.
+//! - [`dev`]: the demo issuer and personas; [`cli`]: `check` and `check-config --online`.
 
-pub mod authorizer;
-pub mod cache;
-pub mod client;
-pub mod config;
-pub mod conn;
-pub mod decision;
+pub mod cli;
+pub mod core;
 pub mod dev;
-pub mod grpc;
-pub mod http;
-pub mod jwks;
-pub mod keys;
-pub mod lint;
-pub mod membership;
-pub mod metrics;
-pub mod policy;
-pub mod probe;
-pub mod reload;
-pub mod server;
-pub mod signer;
-pub mod telemetry;
-pub mod tenancy;
-pub mod tls;
-pub mod token;
+pub mod serve;
+pub mod sources;
 
-pub use authorizer::{AuthHeader, Authorizer, CheckInput};
-pub use config::{Config, ConfigError};
-pub use decision::Decision;
-pub use server::{InitError, Listeners, Options, Running, start};
+pub use crate::core::config::{Config, ConfigError};
+pub use crate::core::decision::Decision;
+pub use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput};
+pub use crate::serve::server::{InitError, Listeners, Options, Running, start};

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use citadel_authz::config::Config;
-use citadel_authz::telemetry::{self, LogFormat};
-use citadel_authz::{Listeners, Options, client, dev, server};
+use citadel_authz::cli::client;
+use citadel_authz::core::config::Config;
+use citadel_authz::serve::server;
+use citadel_authz::serve::telemetry::{self, LogFormat};
+use citadel_authz::{Listeners, Options, dev};
 
 #[derive(Parser)]
 #[command(
@@ -127,7 +129,7 @@ fn config_failed(path: &Path, e: &citadel_authz::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn print_warnings(warnings: &[citadel_authz::config::ConfigIssue]) {
+fn print_warnings(warnings: &[citadel_authz::core::config::ConfigIssue]) {
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -143,7 +145,7 @@ async fn check_config(path: &Path, online: bool) -> ExitCode {
     print_warnings(&config.warnings);
     if online {
         let mut failed = false;
-        for probe in citadel_authz::probe::issuers(&config).await {
+        for probe in citadel_authz::cli::probe::issuers(&config).await {
             match probe.result {
                 Ok(what) => println!("{}: {what}", probe.label),
                 Err(why) => {

@@ -309,21 +309,21 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
     })
     .await;
     let token = k.mint(&claims(&jwks.issuer(), "alice", "acme", &["reader"]));
-    let req = citadel_authz::client::check_request(
+    let req = citadel_authz::cli::client::check_request(
         "GET",
         "/api/orders/1",
         &[("authorization".into(), format!("Bearer {token}"))],
     );
-    let resp = citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
+    let resp = citadel_authz::cli::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
         .await
         .unwrap();
     assert_eq!(status_of(&resp), 200);
-    let denied = citadel_authz::client::check_request(
+    let denied = citadel_authz::cli::client::check_request(
         "GET",
         "/api/admin/x?secret=1",
         &[("authorization".into(), format!("Bearer {token}"))],
     );
-    let resp = citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), denied)
+    let resp = citadel_authz::cli::client::check(format!("http://127.0.0.1:{grpc_port}"), denied)
         .await
         .unwrap();
     assert_eq!(status_of(&resp), 403);
@@ -345,7 +345,7 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
     // own target; the token and the query string never appear.
     let decisions: Vec<&serde_json::Value> = events
         .iter()
-        .filter(|e| e["target"] == "citadel_authz::decision")
+        .filter(|e| e["target"] == "citadel_authz::core::decision")
         .collect();
     assert_eq!(decisions.len(), 2, "{log}");
     assert_eq!(decisions[0]["outcome"], "allow");

@@ -13,8 +13,8 @@ use crate::support::*;
 struct Setup {
     server: InProcess,
     iam: JwksServer,
-    key: citadel_authz::signer::SigningKey,
-    partner_key: citadel_authz::signer::SigningKey,
+    key: citadel_authz::core::signer::SigningKey,
+    partner_key: citadel_authz::core::signer::SigningKey,
     partner: JwksServer,
 }
 
@@ -66,7 +66,7 @@ policy:
     }
 }
 
-fn key_rs() -> citadel_authz::signer::SigningKey {
+fn key_rs() -> citadel_authz::core::signer::SigningKey {
     key(Algorithm::RS256, "partner-1")
 }
 
@@ -409,7 +409,7 @@ async fn header_map_requests_and_repeated_authorization() {
         .unwrap();
     let request = |values: Vec<&str>| {
         let mut req: CheckRequest =
-            citadel_authz::client::check_request("GET", "/api/orders/1", &[]);
+            citadel_authz::cli::client::check_request("GET", "/api/orders/1", &[]);
         let http = req
             .attributes
             .as_mut()
@@ -534,7 +534,11 @@ const METHOD_POLICY: &str = r#"
 
 async fn start_with_policy(
     policy: &str,
-) -> (InProcess, JwksServer, citadel_authz::signer::SigningKey) {
+) -> (
+    InProcess,
+    JwksServer,
+    citadel_authz::core::signer::SigningKey,
+) {
     let key = key(Algorithm::ES256, "k1");
     let jwks = JwksServer::start(&[&key]).await;
     let yaml = format!(

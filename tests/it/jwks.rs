@@ -125,13 +125,13 @@ async fn unknown_kid_storm_is_single_flight_with_cooldown() {
         let token = forger.mint(&claims(&jwks.issuer(), "eve", "acme", &["admin"]));
         let grpc = server.grpc;
         tasks.push(tokio::spawn(async move {
-            let req = citadel_authz::client::check_request(
+            let req = citadel_authz::cli::client::check_request(
                 "GET",
                 "/api/orders/1",
                 &[("authorization".into(), format!("Bearer {token}"))],
             );
             status_of(
-                &citadel_authz::client::check(format!("http://{grpc}"), req)
+                &citadel_authz::cli::client::check(format!("http://{grpc}"), req)
                     .await
                     .unwrap(),
             )

@@ -363,14 +363,16 @@ async fn a_grpc_message_over_the_cap_is_refused_and_the_server_stays_up() {
     let (s, _jwks) = server("  header_timeout: 5s").await;
     let url = format!("http://{}", s.grpc);
     let mut client = AuthorizationClient::connect(url.clone()).await.unwrap();
-    let huge = "x".repeat(citadel_authz::server::MAX_GRPC_MESSAGE + 1024);
-    let req = citadel_authz::client::check_request("GET", "/api/me", &[("x-big".into(), huge)]);
+    let huge = "x".repeat(citadel_authz::serve::server::MAX_GRPC_MESSAGE + 1024);
+    let req =
+        citadel_authz::cli::client::check_request("GET", "/api/me", &[("x-big".into(), huge)]);
     let err = client.check(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
 
     // Under the cap is judged (no token here: 401), on the same connection and on a new one.
     let fits = "x".repeat(100 * 1024);
-    let req = citadel_authz::client::check_request("GET", "/api/me", &[("x-big".into(), fits)]);
+    let req =
+        citadel_authz::cli::client::check_request("GET", "/api/me", &[("x-big".into(), fits)]);
     let resp = client.check(req).await.unwrap().into_inner();
     assert_eq!(status_of(&resp), 401);
     assert_eq!(status_of(&s.check("GET", "/api/me", &[]).await), 401);
@@ -382,7 +384,7 @@ async fn the_grpc_listener_caps_connections_and_cuts_silent_clients() {
     let (s, _jwks) = server("  header_timeout: 300ms\n  max_connections: 2").await;
     let url = format!("http://{}", s.grpc);
     let check = |client: &mut AuthorizationClient<tonic::transport::Channel>| {
-        let req = citadel_authz::client::check_request("GET", "/healthz", &[]);
+        let req = citadel_authz::cli::client::check_request("GET", "/healthz", &[]);
         let mut client = client.clone();
         async move { client.check(req).await.map(|r| status_of(&r.into_inner())) }
     };

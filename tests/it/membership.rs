@@ -75,7 +75,7 @@ policy:
 
 struct Fixture {
     server: InProcess,
-    key: citadel_authz::signer::SigningKey,
+    key: citadel_authz::core::signer::SigningKey,
     jwks: JwksServer,
     dir: tempfile::TempDir,
 }

@@ -218,7 +218,7 @@ async fn a_burst_of_reloads_under_load_loses_no_check() {
                 .await
                 .unwrap();
             while !done.load(Ordering::SeqCst) {
-                let req = citadel_authz::client::check_request("GET", "/api/me", &[("authorization".into(), format!("Bearer {token}"))]);
+                let req = citadel_authz::cli::client::check_request("GET", "/api/me", &[("authorization".into(), format!("Bearer {token}"))]);
                 match client.check(req).await {
                     Ok(r) if status_of(r.get_ref()) == 200 => ok.fetch_add(1, Ordering::SeqCst),
                     _ => bad.fetch_add(1, Ordering::SeqCst),
@@ -290,12 +290,12 @@ async fn binary_reloads_on_sighup_logs_refusals_with_the_field_and_drains_on_sig
     .await;
     let token = k.mint(&claims(&jwks.issuer(), "alice", "acme", &["reader"]));
     let check = || {
-        let req = citadel_authz::client::check_request(
+        let req = citadel_authz::cli::client::check_request(
             "GET",
             "/api/me",
             &[("authorization".into(), format!("Bearer {token}"))],
         );
-        citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
+        citadel_authz::cli::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
     };
     assert_eq!(status_of(&check().await.unwrap()), 200);
 
@@ -374,12 +374,12 @@ async fn decision_log_names_refused_values_with_what_is_accepted() {
     let kid = key(Algorithm::ES256, "k2").mint(&claims(&iss, "alice", "acme", &["reader"]));
     let mut tokens = Vec::new();
     for (token, status) in [(&good, 200), (&slash, 401), (&aud, 401), (&kid, 401)] {
-        let req = citadel_authz::client::check_request(
+        let req = citadel_authz::cli::client::check_request(
             "GET",
             "/api/me",
             &[("authorization".into(), format!("Bearer {token}"))],
         );
-        let resp = citadel_authz::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
+        let resp = citadel_authz::cli::client::check(format!("http://127.0.0.1:{grpc_port}"), req)
             .await
             .unwrap();
         assert_eq!(status_of(&resp), status);
@@ -391,7 +391,7 @@ async fn decision_log_names_refused_values_with_what_is_accepted() {
     let decisions: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["target"] == "citadel_authz::decision")
+        .filter(|e| e["target"] == "citadel_authz::core::decision")
         .collect();
     assert_eq!(decisions.len(), 4, "{log}");
     let reasons: Vec<&str> = decisions[1..]

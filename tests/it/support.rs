@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use citadel_authz::signer::SigningKey;
+use citadel_authz::core::signer::SigningKey;
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -359,9 +359,9 @@ impl InProcess {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        citadel_authz::client::check(
+        citadel_authz::cli::client::check(
             format!("http://{}", self.grpc),
-            citadel_authz::client::check_request(method, path, &list),
+            citadel_authz::cli::client::check_request(method, path, &list),
         )
         .await
         .unwrap()

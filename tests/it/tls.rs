@@ -162,7 +162,7 @@ async fn tls_check(
 async fn call(channel: Channel, token: &str) -> Result<CheckResponse, String> {
     let headers = [("authorization".to_owned(), format!("Bearer {token}"))];
     AuthorizationClient::new(channel)
-        .check(citadel_authz::client::check_request(
+        .check(citadel_authz::cli::client::check_request(
             "GET", "/api/me", &headers,
         ))
         .await
@@ -264,9 +264,9 @@ async fn server_only_tls_needs_no_client_certificate_and_refuses_plain_text() {
     let headers = [("authorization".to_owned(), format!("Bearer {}", f.token))];
     let plain = tokio::time::timeout(
         Duration::from_secs(10),
-        citadel_authz::client::check(
+        citadel_authz::cli::client::check(
             format!("http://{}", f.server.grpc),
-            citadel_authz::client::check_request("GET", "/api/me", &headers),
+            citadel_authz::cli::client::check_request("GET", "/api/me", &headers),
         ),
     )
     .await
@@ -290,9 +290,9 @@ async fn mtls_also_refuses_plain_text() {
     let f = start(&tls).await;
     let plain = tokio::time::timeout(
         Duration::from_secs(10),
-        citadel_authz::client::check(
+        citadel_authz::cli::client::check(
             format!("http://{}", f.server.grpc),
-            citadel_authz::client::check_request("GET", "/api/me", &[]),
+            citadel_authz::cli::client::check_request("GET", "/api/me", &[]),
         ),
     )
     .await
@@ -371,7 +371,7 @@ async fn certificates_and_client_ca_reload_from_disk_without_restart() {
     replace_file(&tls.path("server.pem"), "not a certificate");
     // Nothing observable to wait for, so wait out a few polls of the watcher.
     for _ in 0..3 {
-        tokio::time::sleep(citadel_authz::tls::RELOAD_INTERVAL).await;
+        tokio::time::sleep(citadel_authz::serve::tls::RELOAD_INTERVAL).await;
         let r = tls_check(addr, &[&new_ca], Some(&new_client), &f.token)
             .await
             .unwrap();

@@ -19,8 +19,8 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{IssuerConfig, JwksSource, JwksTiming, fetch_url_allowed};
-use crate::keys::KeySet;
+use crate::core::config::{IssuerConfig, JwksSource, JwksTiming, fetch_url_allowed};
+use crate::core::keys::KeySet;
 
 /// Largest JWKS or discovery document read; a larger one is a failed fetch.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
@@ -105,7 +105,7 @@ pub struct IssuerKeys {
     /// force. Dropped with `self`, which also ends the refresher.
     installed: watch::Sender<u64>,
     state: Mutex<FetchState>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::serve::metrics::Metrics>,
     /// Test hook: the next fetch task panics.
     #[cfg(test)]
     panic_next_fetch: std::sync::atomic::AtomicBool,
@@ -141,7 +141,7 @@ impl IssuerKeys {
         issuer: &IssuerConfig,
         timing: JwksTiming,
         client: reqwest::Client,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::serve::metrics::Metrics>,
     ) -> Self {
         IssuerKeys {
             name: Arc::from(issuer.name.as_str()),
@@ -645,17 +645,18 @@ mod tests {
         let yaml = format!(
             "issuers:\n  - name: iam\n{issuer_yaml}    audiences: [api]\njwks: {{ {jwks_yaml} }}\npolicy:\n  rules:\n    - name: me\n      paths: [/me]\n"
         );
-        let config = crate::config::Config::from_yaml(&yaml, std::path::Path::new(".")).unwrap();
+        let config =
+            crate::core::config::Config::from_yaml(&yaml, std::path::Path::new(".")).unwrap();
         Arc::new(IssuerKeys::new(
             &config.issuers[0],
             config.jwks.clone(),
             http_client(&config.jwks).unwrap(),
-            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(crate::serve::metrics::Metrics::new()),
         ))
     }
 
     fn jwks_body() -> String {
-        let k = crate::signer::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1");
+        let k = crate::core::signer::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1");
         serde_json::json!({ "keys": [k.jwk()] }).to_string()
     }
 

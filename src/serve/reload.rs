@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::authorizer::{Authorizer, Runtime};
-use crate::config::{Config, IssuerConfig};
-use crate::jwks::{IssuerKeys, http_client};
-use crate::membership::Membership;
-use crate::metrics::Metrics;
+use crate::core::config::{Config, IssuerConfig};
+use crate::serve::authorizer::{Authorizer, Runtime};
+use crate::serve::metrics::Metrics;
+use crate::sources::jwks::{IssuerKeys, http_client};
+use crate::sources::membership::Membership;
 
 /// How often the files are looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -43,7 +43,7 @@ impl KeyStores {
         &self,
         config: Config,
         previous: Option<&Runtime>,
-    ) -> Result<Runtime, crate::jwks::ClientError> {
+    ) -> Result<Runtime, crate::sources::jwks::ClientError> {
         let client = http_client(&config.jwks)?;
         let timing = config.jwks.clone();
         let mut fresh = Vec::new();

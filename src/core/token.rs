@@ -3,7 +3,7 @@
 //! Pure: the key set, the issuer's rules and the current time are parameters; no I/O, no clock.
 //! The token is parsed by hand (header and payload decoded strictly, duplicate JSON members
 //! refused) so that every SPEC rule is explicit; the signature is checked by aws-lc against a key
-//! parsed once when the JWKS was loaded ([`crate::keys::Key::verify`]). URLs named by the token (`jku`, `x5u`, `jwk`, `x5c`) are
+//! parsed once when the JWKS was loaded ([`crate::core::keys::Key::verify`]). URLs named by the token (`jku`, `x5u`, `jwk`, `x5c`) are
 //! ignored: keys only ever come from the configured JWKS.
 
 use std::fmt;
@@ -15,8 +15,8 @@ use jsonwebtoken::Algorithm;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::config::{IssuerConfig, normalize_typ};
-use crate::keys::{Key, KeySet, Selection, algorithm_from_name};
+use crate::core::config::{IssuerConfig, normalize_typ};
+use crate::core::keys::{Key, KeySet, Selection, algorithm_from_name};
 
 /// Latest accepted time claim: 9999-12-31T23:59:59Z. Anything larger (or negative, or not a
 /// finite number) is nonsense, not a far future.
@@ -625,8 +625,8 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClaimPaths, JwksSource};
-    use crate::signer::SigningKey;
+    use crate::core::config::{ClaimPaths, JwksSource};
+    use crate::core::signer::SigningKey;
     use serde_json::json;
     use std::time::Duration;
 

@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::config::ConnectionLimits;
+use crate::core::config::ConnectionLimits;
 
 /// Request headers (request line included) may total this much; more is answered 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;

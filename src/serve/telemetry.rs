@@ -1,6 +1,6 @@
 //! Logging setup and the per-decision log event.
 //!
-//! Decisions are logged under their own target (`citadel_authz::decision`) so they can be routed
+//! Decisions are logged under their own target (`citadel_authz::core::decision`) so they can be routed
 //! or silenced with `RUST_LOG`; allows at `debug`, denials at `info`. Never the token.
 
 use std::io::IsTerminal;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::decision::Decision;
+use crate::core::decision::Decision;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -75,7 +75,7 @@ pub fn record_decision(
         Decision::Allow { rule, identity } if log_allows => {
             let identity = identity.as_deref();
             tracing::info!(
-                target: "citadel_authz::decision",
+                target: "citadel_authz::core::decision",
                 protocol = protocol.as_str(), outcome, rule = &**rule, method, path,
                 issuer = identity.map(|i| &*i.issuer),
                 sub = identity.and_then(|i| i.user_id.as_deref()),
@@ -88,7 +88,7 @@ pub fn record_decision(
         Decision::Deny { rule, denial } => {
             let reason = denial.log_reason();
             tracing::info!(
-                target: "citadel_authz::decision",
+                target: "citadel_authz::core::decision",
                 protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,
                 reason = reason.as_str(), latency_us,
                 "deny"
@@ -103,8 +103,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::decision::Denial;
-    use crate::token::{Identity, Mismatch, TokenError};
+    use crate::core::decision::Denial;
+    use crate::core::token::{Identity, Mismatch, TokenError};
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

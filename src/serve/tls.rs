@@ -34,8 +34,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::config::{GrpcListen, Listen, TlsFiles};
-use crate::conn::{Admission, Guarded, H2_PREFACE_LEN, next_admitted};
+use crate::core::config::{GrpcListen, Listen, TlsFiles};
+use crate::serve::conn::{Admission, Guarded, H2_PREFACE_LEN, next_admitted};
 
 /// How often the watcher looks at the certificate files.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);

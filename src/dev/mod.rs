@@ -9,7 +9,7 @@
 //!
 //! The banner printed at start is derived from the policy actually loaded: its rules, and for each
 //! example command the answer of the same decision core the server uses
-//! ([`crate::authorizer::check`]), so the annotations hold for any policy. Without `--config`, a
+//! ([`crate::serve::authorizer::check`]), so the annotations hold for any policy. Without `--config`, a
 //! built-in memberships file ([`EXAMPLE_MEMBERSHIPS`]) shows the membership store (SPEC §8): a
 //! persona whose token says tenant `acme` is also `admin` in `globex` because the store says so.
 
@@ -28,13 +28,13 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
-use crate::authorizer::{self, AuthHeader, Authorizer, CheckInput, Runtime};
-use crate::config::{
+use crate::core::config::{
     ClaimPaths, ConfigError, IssuerConfig, JwksSource, MembershipConfig, MembershipSource,
 };
-use crate::decision::{Decision, Outcome, identity_headers};
-use crate::policy::Rule;
-use crate::signer::{KeyGenError, SigningKey};
+use crate::core::decision::{Decision, Outcome, identity_headers};
+use crate::core::policy::Rule;
+use crate::core::signer::{KeyGenError, SigningKey};
+use crate::serve::authorizer::{self, AuthHeader, Authorizer, CheckInput, Runtime};
 
 /// Audience of every dev token.
 pub const DEV_AUDIENCE: &str = "citadel-dev";
@@ -89,7 +89,8 @@ pub const EXAMPLE_MEMBERSHIPS: &str = r#"members:
 /// The membership store of the built-in example: [`EXAMPLE_MEMBERSHIPS`] as a memberships file
 /// with the default cache settings (unused by a file, which is read into memory).
 pub fn example_membership() -> Result<MembershipConfig, ConfigError> {
-    let table = crate::config::parse_memberships(EXAMPLE_MEMBERSHIPS, "built-in memberships", &[])?;
+    let table =
+        crate::core::config::parse_memberships(EXAMPLE_MEMBERSHIPS, "built-in memberships", &[])?;
     Ok(MembershipConfig {
         source: MembershipSource::File {
             path: "built-in memberships".into(),
@@ -1247,17 +1248,18 @@ mod tests {
         ];
         for (pattern, param, want) in cases {
             assert_eq!(example_path(pattern, param, "acme"), want, "{pattern}");
-            assert!(crate::policy::canonicalize(want).is_ok(), "{want}");
+            assert!(crate::core::policy::canonicalize(want).is_ok(), "{want}");
         }
     }
 
-    fn policy(yaml: &str) -> crate::policy::Policy {
+    fn policy(yaml: &str) -> crate::core::policy::Policy {
         #[derive(serde::Deserialize)]
         struct PolicyFile {
-            rules: Vec<crate::policy::RawRule>,
+            rules: Vec<crate::core::policy::RawRule>,
         }
-        let raw: PolicyFile = crate::config::parse_yaml(yaml, "").unwrap();
-        crate::policy::Policy::compile(raw.rules, &["dev".to_owned(), "iam".to_owned()]).unwrap()
+        let raw: PolicyFile = crate::core::config::parse_yaml(yaml, "").unwrap();
+        crate::core::policy::Policy::compile(raw.rules, &["dev".to_owned(), "iam".to_owned()])
+            .unwrap()
     }
 
     #[test]

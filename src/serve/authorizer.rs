@@ -5,8 +5,8 @@
 //! key set (503 if unavailable) → signature and claims (401) → the rule's issuers (403) →
 //! memberships from the store, when configured (503 if it cannot answer; SPEC §8) → tenant and
 //! roles on the effective identity (403).
-//! The only I/O is delegated: an unknown-`kid` refetch to [`crate::jwks`], a membership lookup to
-//! [`crate::membership`]; what a lookup means is decided in [`crate::tenancy`]. The configuration
+//! The only I/O is delegated: an unknown-`kid` refetch to [`crate::sources::jwks`], a membership lookup to
+//! [`crate::sources::membership`]; what a lookup means is decided in [`crate::core::tenancy`]. The configuration
 //! in force is an immutable snapshot: a check finishes on the version it started with.
 
 use std::sync::Arc;
@@ -14,16 +14,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::cache::TokenCache;
-use crate::config::{Config, IssuerConfig};
-use crate::decision::{Decision, Denial};
-use crate::jwks::{IssuerKeys, Refetch};
-use crate::membership::Membership;
-use crate::metrics::Metrics;
-use crate::policy::{self, canonicalize};
-use crate::telemetry::{self, Protocol};
-use crate::tenancy;
-use crate::token::{Identity, Mismatch, TokenError, Unverified, quote, quote_list};
+use crate::core::config::{Config, IssuerConfig};
+use crate::core::decision::{Decision, Denial};
+use crate::core::policy::{self, canonicalize};
+use crate::core::tenancy;
+use crate::core::token::{Identity, Mismatch, TokenError, Unverified, quote, quote_list};
+use crate::serve::cache::TokenCache;
+use crate::serve::metrics::Metrics;
+use crate::serve::telemetry::{self, Protocol};
+use crate::sources::jwks::{IssuerKeys, Refetch};
+use crate::sources::membership::Membership;
 
 /// The `Authorization` header(s) of the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct Runtime {
     pub cache: TokenCache,
     pub metrics: Arc<Metrics>,
     /// The membership store, when `membership` is configured. Kept across reloads that do not
-    /// change it (see [`crate::reload`]), so its cache and connections survive.
+    /// change it (see [`crate::serve::reload`]), so its cache and connections survive.
     pub membership: Option<Arc<Membership>>,
 }
 

@@ -18,9 +18,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
-use crate::policy::{Policy, RawRule};
-use crate::tenancy::{ANY_TENANT, MembershipTable, Memberships, Row};
-use crate::token::{is_safe_id, is_safe_role};
+use crate::core::policy::{Policy, RawRule};
+use crate::core::tenancy::{ANY_TENANT, MembershipTable, Memberships, Row};
+use crate::core::token::{is_safe_id, is_safe_role};
 
 /// One problem in a config or policy file, with the path of the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ struct RawPostgres {
     connect_timeout: Option<Duration>,
 }
 
-/// Which decisions are logged (target `citadel_authz::decision`).
+/// Which decisions are logged (target `citadel_authz::core::decision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum DecisionLog {
@@ -629,7 +629,7 @@ fn read_rule(value: &Value, at: &str, issues: &mut Issues) -> Option<RawRule> {
         list.into_iter()
             .filter_map(|(path, m)| {
                 let m = m?;
-                if let Err(msg) = crate::lint::check_method(&m) {
+                if let Err(msg) = crate::core::lint::check_method(&m) {
                     issues.push(path, msg);
                 }
                 Some(m)
@@ -1204,7 +1204,7 @@ fn read_policy_file(
 
 /// Compile the rules that could be read. Problems are named by the rule's index in the file
 /// (the compiler numbers only the rules it was given) and a field the reader already reported is
-/// not reported twice. Warnings (see [`crate::lint`]) come with the compiled policy.
+/// not reported twice. Warnings (see [`crate::core::lint`]) come with the compiled policy.
 fn compile_rules(
     rules: RawRules,
     issuer_names: &[String],
@@ -1212,7 +1212,7 @@ fn compile_rules(
     issues: &mut Issues,
 ) -> Option<(Policy, Vec<ConfigIssue>)> {
     let (index, raw): (Vec<usize>, Vec<RawRule>) = rules.0.into_iter().unzip();
-    let warnings = crate::lint::policy_warnings(&index, &raw, prefix);
+    let warnings = crate::core::lint::policy_warnings(&index, &raw, prefix);
     match Policy::compile(raw, issuer_names) {
         Ok(policy) => Some((policy, warnings)),
         Err(errs) => {
@@ -1264,7 +1264,7 @@ pub(crate) const PARAM_CLOSE: char = '\u{E001}';
 /// SPEC §3 writes `paths: [/api/tenants/{tenant}/**]`; strict YAML reads `{` inside a flow list as
 /// the start of a mapping and refuses it. So that the documented form works as written, a
 /// `{name}` right after a `/` is swapped for private-use stand-ins before parsing and swapped
-/// back when patterns compile ([`crate::policy`]).
+/// back when patterns compile ([`crate::core::policy`]).
 fn shield_path_params(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains("/{") {
         return std::borrow::Cow::Borrowed(text);
@@ -1630,14 +1630,14 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
     // Certificates are parsed here too, so `check-config` catches a bad PEM or a key that does
     // not match its certificate, not only `serve`.
     if let Some(t) = &grpc_tls
-        && let Err(e) = crate::tls::check(t)
+        && let Err(e) = crate::serve::tls::check(t)
     {
         let field = match &e {
-            crate::tls::TlsError::Read { field, .. }
-            | crate::tls::TlsError::Invalid { field, .. } => {
+            crate::serve::tls::TlsError::Read { field, .. }
+            | crate::serve::tls::TlsError::Invalid { field, .. } => {
                 format!("listen.grpc_tls.{field}")
             }
-            crate::tls::TlsError::Unsupported(_) => "listen.grpc_tls".to_owned(),
+            crate::serve::tls::TlsError::Unsupported(_) => "listen.grpc_tls".to_owned(),
         };
         let message = e.to_string();
         let message = message
@@ -2305,7 +2305,7 @@ policy:
         );
         let c = load(&text).unwrap();
         assert_eq!(c.policy.len(), 2);
-        let p = crate::policy::canonicalize("/api/tenants/acme/x").unwrap();
+        let p = crate::core::policy::canonicalize("/api/tenants/acme/x").unwrap();
         assert_eq!(c.policy.find("GET", &p).unwrap().tenant, Some("acme"));
         assert_eq!(shield_path_params("a/{b c}/{}"), "a/{b c}/{}");
     }
@@ -2315,7 +2315,7 @@ policy:
         let text = BASE.split("policy:").next().unwrap().to_owned();
         let c = load(&text).unwrap();
         assert!(c.policy.is_empty());
-        let p = crate::policy::canonicalize("/api/me").unwrap();
+        let p = crate::core::policy::canonicalize("/api/me").unwrap();
         assert!(c.policy.find("GET", &p).is_none());
         let both = format!("{text}policy:\n  file: p.yaml\n  rules: []\n");
         assert_eq!(paths(load(&both).unwrap_err()), vec!["policy"]);

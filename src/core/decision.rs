@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::policy::{PathError, PolicyDenial};
-use crate::token::{Identity, TokenError};
+use crate::core::policy::{PathError, PolicyDenial};
+use crate::core::token::{Identity, TokenError};
 
 /// What the server decided for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,7 +138,7 @@ impl Denial {
 impl Denial {
     /// A short, fixed code for metrics labels (bounded, unlike the reason text).
     pub fn reason_code(&self) -> &'static str {
-        use crate::token::TokenError as T;
+        use crate::core::token::TokenError as T;
         match self {
             Denial::NoCredentials => "no_credentials",
             Denial::InvalidToken(e) => match e {
@@ -278,7 +278,7 @@ pub struct IdentityHeaders {
 /// Which identity headers an allowed request carries upstream and which are removed.
 pub fn identity_headers(
     identity: Option<&Identity>,
-    names: &crate::config::HeaderNames,
+    names: &crate::core::config::HeaderNames,
 ) -> IdentityHeaders {
     let mut out = IdentityHeaders::default();
     let mut put = |name: &str, value: Option<String>| match value {
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn refused_values_reach_the_client_quoted_and_the_log_with_what_is_accepted() {
-        use crate::token::Mismatch;
+        use crate::core::token::Mismatch;
         let long = format!("https://iam.example.com/\"{}", "x".repeat(80));
         let denial = Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
             Some(&long),
@@ -448,14 +448,14 @@ mod tests {
         );
         assert_eq!(Denial::NoRule.log_reason(), "no rule matches this request");
         assert_eq!(
-            Denial::BadMethod(crate::token::quote("delete")).to_string(),
+            Denial::BadMethod(crate::core::token::quote("delete")).to_string(),
             "method 'delete' is not an upper-case HTTP token"
         );
     }
 
     #[test]
     fn identity_headers_set_and_remove() {
-        let names = crate::config::HeaderNames {
+        let names = crate::core::config::HeaderNames {
             user_id: "x-user-id".into(),
             tenant_id: "x-tenant-id".into(),
             roles: "x-user-roles".into(),

@@ -486,7 +486,7 @@ pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signer::SigningKey;
+    use crate::core::signer::SigningKey;
     use serde_json::json;
 
     fn set(keys: Vec<Value>) -> (KeySet, Vec<String>) {
@@ -643,7 +643,7 @@ mod tests {
     /// A real 2048-bit RSA key whose primes have the Infineon (ROCA) form; see
     /// tests/vectors/gen_roca_key.py.
     fn roca_modulus() -> Vec<u8> {
-        let pem = include_str!("../tests/vectors/roca_rsa2048.pem");
+        let pem = include_str!("../../tests/vectors/roca_rsa2048.pem");
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(b64)

@@ -5,7 +5,7 @@
 //! version arrives, validated whole, with a config reload; lookups are in memory and never fail)
 //! and PostgreSQL ([`postgres`]: a small connection set, a bounded cache with single flight and
 //! stale use while the database is down, `LISTEN` for invalidation). What a lookup returns is
-//! plain data ([`Memberships`]); what it means for the request is decided in [`crate::tenancy`].
+//! plain data ([`Memberships`]); what it means for the request is decided in [`crate::core::tenancy`].
 
 pub mod postgres;
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{MembershipConfig, MembershipSource};
-use crate::tenancy::{MembershipTable, Memberships};
+use crate::core::config::{MembershipConfig, MembershipSource};
+use crate::core::tenancy::{MembershipTable, Memberships};
 
 /// How a lookup was answered (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

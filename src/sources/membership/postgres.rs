@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{Lookup, Unavailable};
-use crate::config::{MembershipConfig, PostgresConfig};
+use crate::core::config::{MembershipConfig, PostgresConfig};
 
 pub struct PgStore;
 

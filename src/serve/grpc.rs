@@ -14,9 +14,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use crate::authorizer::{AuthHeader, Authorizer, CheckInput};
-use crate::decision::{Decision, Denial, identity_headers, render_denial};
-use crate::telemetry::Protocol;
+use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
+use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput};
+use crate::serve::telemetry::Protocol;
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -75,7 +75,12 @@ impl Authorization for AuthzService {
                     authorization,
                 };
                 (
-                    crate::authorizer::check(&rt, &input, crate::authorizer::unix_now()).await,
+                    crate::serve::authorizer::check(
+                        &rt,
+                        &input,
+                        crate::serve::authorizer::unix_now(),
+                    )
+                    .await,
                     http.method.as_str(),
                     http.path.as_str(),
                 )
@@ -97,7 +102,10 @@ fn header_text(h: &HeaderValue) -> &str {
 }
 
 /// Render a decision as Envoy expects it.
-pub fn to_check_response(decision: &Decision, config: &crate::config::Config) -> CheckResponse {
+pub fn to_check_response(
+    decision: &Decision,
+    config: &crate::core::config::Config,
+) -> CheckResponse {
     match decision {
         Decision::Allow { identity, .. } => {
             let h = identity_headers(identity.as_deref(), &config.headers);

@@ -2,7 +2,7 @@
 //! bounded graceful shutdown.
 //!
 //! Listeners are bound before anything else runs, so a bad address fails at once (and port 0
-//! works for tests). Every listener is bounded (see [`crate::conn`]): connections per listener,
+//! works for tests). Every listener is bounded (see [`crate::serve::conn`]): connections per listener,
 //! header and idle time on HTTP; streams, message size, keep-alive and preface time on gRPC. The servers start before the first JWKS fetch: readiness turns true as key
 //! sets arrive, while checks for issuers already loaded are answered.
 
@@ -16,13 +16,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::authorizer::Authorizer;
-use crate::config::{Config, GrpcListen};
-use crate::conn::{Admission, MAX_HEADER_BYTES};
-use crate::grpc::AuthzService;
-use crate::http::{HttpState, router};
-use crate::metrics::Metrics;
-use crate::reload::KeyStores;
+use crate::core::config::{Config, GrpcListen};
+use crate::serve::authorizer::Authorizer;
+use crate::serve::conn::{Admission, MAX_HEADER_BYTES};
+use crate::serve::grpc::AuthzService;
+use crate::serve::http::{HttpState, router};
+use crate::serve::metrics::Metrics;
+use crate::serve::reload::KeyStores;
 
 /// How often readiness is mirrored into gRPC health.
 const HEALTH_POLL: Duration = Duration::from_millis(200);
@@ -56,11 +56,11 @@ pub enum InitError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Client(#[from] crate::jwks::ClientError),
+    Client(#[from] crate::sources::jwks::ClientError),
     #[error("server task failed: {0}")]
     Serve(String),
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::serve::tls::TlsError),
 }
 
 /// Listeners bound before the servers start.
@@ -168,7 +168,7 @@ pub async fn start(
     options: Options,
 ) -> Result<Running, InitError> {
     // Certificates are read (and refused) before anything is served.
-    let grpc_tls = crate::tls::for_listener(&config.listen)?;
+    let grpc_tls = crate::serve::tls::for_listener(&config.listen)?;
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let stores = KeyStores::new(Arc::clone(&metrics), stop_rx.clone());
@@ -205,10 +205,11 @@ pub async fn start(
         GrpcListener::Tcp(l) => match grpc_tls {
             Some(tls) => {
                 tracing::info!(client_certificates = tls.mutual(), "gRPC listener uses TLS");
-                tokio::spawn(
-                    Arc::clone(&tls).watch(crate::tls::RELOAD_INTERVAL, wait_stop(stop_rx.clone())),
-                );
-                let incoming = crate::tls::incoming(
+                tokio::spawn(Arc::clone(&tls).watch(
+                    crate::serve::tls::RELOAD_INTERVAL,
+                    wait_stop(stop_rx.clone()),
+                ));
+                let incoming = crate::serve::tls::incoming(
                     l,
                     tls,
                     grpc_admission,
@@ -222,7 +223,7 @@ pub async fn start(
                 });
             }
             None => {
-                let incoming = crate::conn::grpc_incoming(
+                let incoming = crate::serve::conn::grpc_incoming(
                     l,
                     grpc_admission,
                     limits.header_timeout,
@@ -237,7 +238,7 @@ pub async fn start(
         },
         GrpcListener::Unix(l, path) => {
             unix_socket = Some(path);
-            let incoming = crate::conn::grpc_incoming(
+            let incoming = crate::serve::conn::grpc_incoming(
                 l,
                 grpc_admission,
                 limits.header_timeout,
@@ -260,13 +261,13 @@ pub async fn start(
         );
         let stop = stop_rx.clone();
         tasks.spawn(async move {
-            crate::conn::serve_http(listener, app, limits, stop).await;
+            crate::serve::conn::serve_http(listener, app, limits, stop).await;
             Ok(())
         });
     }
 
     if let Some(path) = options.config_path {
-        tokio::spawn(crate::reload::watch_files(
+        tokio::spawn(crate::serve::reload::watch_files(
             path,
             Arc::clone(&authorizer),
             stores,

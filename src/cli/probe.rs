@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, JwksSource};
-use crate::jwks::{IssuerKeys, http_client};
-use crate::metrics::Metrics;
+use crate::core::config::{Config, JwksSource};
+use crate::serve::metrics::Metrics;
+use crate::sources::jwks::{IssuerKeys, http_client};
 
 /// What one issuer's IdP answered.
 #[derive(Debug, Clone)]

@@ -17,9 +17,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::authorizer::{AuthHeader, Authorizer, CheckInput, NotReady};
-use crate::decision::{Decision, Denial, identity_headers, render_denial};
-use crate::telemetry::Protocol;
+use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
+use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput, NotReady};
+use crate::serve::telemetry::Protocol;
 
 /// Where gateways send forward-auth requests (ADR-0019).
 pub const CHECK_PATH: &str = "/api/iam/check-access";
@@ -134,7 +134,8 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
                 authorization,
             };
             (
-                crate::authorizer::check(&rt, &input, crate::authorizer::unix_now()).await,
+                crate::serve::authorizer::check(&rt, &input, crate::serve::authorizer::unix_now())
+                    .await,
                 method,
                 path,
             )
@@ -203,7 +204,7 @@ fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
 }
 
 /// Allowed: 200 with the identity headers as response headers. Denied: SPEC §4.
-fn render(decision: &Decision, config: &crate::config::Config) -> Response {
+fn render(decision: &Decision, config: &crate::core::config::Config) -> Response {
     match decision {
         Decision::Allow { identity, .. } => {
             let mut resp = Response::new(Body::empty());

@@ -14,9 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::authorizer::Authorizer;
-use crate::decision::Decision;
-use crate::telemetry::Protocol;
+use crate::core::decision::Decision;
+use crate::serve::authorizer::Authorizer;
+use crate::serve::telemetry::Protocol;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {

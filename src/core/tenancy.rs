@@ -1,13 +1,13 @@
 //! Membership semantics (SPEC §8): what a membership store's answer means for one request.
 //!
 //! Pure: a lookup result ([`Memberships`]) and a verified [`Identity`] in, the effective identity
-//! out. The stores that produce the lookup result live in [`crate::membership`]; the decision
-//! ([`crate::authorizer`]) hands the result in, so no I/O happens here.
+//! out. The stores that produce the lookup result live in [`crate::sources::membership`]; the decision
+//! ([`crate::serve::authorizer`]) hands the result in, so no I/O happens here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::token::Identity;
+use crate::core::token::Identity;
 
 /// The tenant that stands for every tenant, in a file or in a query's rows.
 pub const ANY_TENANT: &str = "*";

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use crate::core::config::{Config, JwksSource};
-use crate::serve::metrics::Metrics;
 use crate::sources::jwks::{IssuerKeys, http_client};
 
 /// What one issuer's IdP answered.
@@ -22,7 +21,6 @@ pub struct IssuerProbe {
 /// Fetch every issuer's key set once, in config order.
 pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
     let client = http_client(&config.jwks);
-    let metrics = Arc::new(Metrics::new());
     let mut out = Vec::with_capacity(config.issuers.len());
     for (i, issuer) in config.issuers.iter().enumerate() {
         let label = format!("issuers[{i}] ({})", issuer.name);
@@ -34,7 +32,7 @@ pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
                     issuer,
                     config.jwks.clone(),
                     client.clone(),
-                    Arc::clone(&metrics),
+                    Arc::new(|_: &str, _: bool| {}),
                 ));
                 match keys.fetch().await {
                     // Such an issuer never becomes ready: as much a failure as no answer.

@@ -18,27 +18,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::core::identity::{is_safe_id, is_safe_role};
 use crate::core::policy::{Policy, RawRule};
 use crate::core::tenancy::{ANY_TENANT, MembershipTable, Memberships, Row};
-use crate::core::token::{is_safe_id, is_safe_role};
-
-/// One problem in a config or policy file, with the path of the field it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// `issuers[0].audiences`, or `policy.yaml: rules[2].tenant_param` for a policy file.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+pub use crate::core::tls_files::TlsFiles;
+pub use crate::core::yaml::ConfigIssue;
+use crate::core::yaml::shield_path_params;
 
 /// Every problem found while loading a configuration.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -684,15 +669,6 @@ pub struct Listen {
     pub grpc_tls: Option<TlsFiles>,
 }
 
-/// Certificate files for the gRPC listener (PEM).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA bundle client certificates must chain to; `None` = no client certificate asked.
-    pub client_ca: Option<PathBuf>,
-}
-
 /// Where an issuer's key set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
@@ -1239,59 +1215,6 @@ fn renumber_rule(path: &str, index: &[usize]) -> String {
     path.to_owned()
 }
 
-/// Parse YAML into `T`, reporting the failing field's path (`issuers[0].leeway`). Stops at the
-/// first problem: for tests that want a typed value from a snippet; config files go through
-/// [`Fields`].
-#[cfg(test)]
-pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
-    text: &str,
-    prefix: &str,
-) -> Result<T, ConfigError> {
-    let text = shield_path_params(text);
-    let de = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let inner = err.into_inner().to_string();
-        ConfigError::one(format!("{prefix}{path}"), inner)
-    })
-}
-
-/// Stand-ins for `{` and `}` of a path parameter while YAML is parsed (Unicode private use).
-pub(crate) const PARAM_OPEN: char = '\u{E000}';
-pub(crate) const PARAM_CLOSE: char = '\u{E001}';
-
-/// SPEC §3 writes `paths: [/api/tenants/{tenant}/**]`; strict YAML reads `{` inside a flow list as
-/// the start of a mapping and refuses it. So that the documented form works as written, a
-/// `{name}` right after a `/` is swapped for private-use stand-ins before parsing and swapped
-/// back when patterns compile ([`crate::core::policy`]).
-fn shield_path_params(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("/{") {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("/{") {
-        out.push_str(&rest[..=i]);
-        let after = &rest[i + 2..];
-        let name_len = after
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-            .count();
-        if name_len > 0 && after.as_bytes().get(name_len) == Some(&b'}') {
-            out.push(PARAM_OPEN);
-            out.push_str(&after[..name_len]);
-            out.push(PARAM_CLOSE);
-            rest = &after[name_len + 1..];
-        } else {
-            out.push('{');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    std::borrow::Cow::Owned(out)
-}
-
 #[derive(Default)]
 struct Issues(Vec<ConfigIssue>);
 
@@ -1630,14 +1553,14 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
     // Certificates are parsed here too, so `check-config` catches a bad PEM or a key that does
     // not match its certificate, not only `serve`.
     if let Some(t) = &grpc_tls
-        && let Err(e) = crate::serve::tls::check(t)
+        && let Err(e) = crate::core::tls_files::check(t)
     {
         let field = match &e {
-            crate::serve::tls::TlsError::Read { field, .. }
-            | crate::serve::tls::TlsError::Invalid { field, .. } => {
+            crate::core::tls_files::TlsError::Read { field, .. }
+            | crate::core::tls_files::TlsError::Invalid { field, .. } => {
                 format!("listen.grpc_tls.{field}")
             }
-            crate::serve::tls::TlsError::Unsupported(_) => "listen.grpc_tls".to_owned(),
+            crate::core::tls_files::TlsError::Unsupported(_) => "listen.grpc_tls".to_owned(),
         };
         let message = e.to_string();
         let message = message

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use crate::core::identity::Identity;
 use crate::core::policy::{PathError, PolicyDenial};
-use crate::core::token::{Identity, TokenError};
+use crate::core::token::TokenError;
 
 /// What the server decided for one request.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,8 @@
 //! (a rule reported as shadowed can never be chosen by path matching) — since a false warning
 //! teaches people to ignore them all.
 
-use crate::core::config::{ConfigIssue, PARAM_CLOSE, PARAM_OPEN};
 use crate::core::policy::RawRule;
+use crate::core::yaml::{ConfigIssue, PARAM_CLOSE, PARAM_OPEN};
 
 /// Methods defined by RFC 9110 and RFC 5789 (PATCH). Others (`PURGE`, WebDAV's `PROPFIND`) are
 /// allowed but warned about: more often a typo than a method the gateway really forwards.

@@ -9,12 +9,12 @@
 
 pub mod config;
 pub mod decision;
-// pub mod identity;
+pub mod identity;
 pub mod keys;
 pub mod lint;
 pub mod policy;
 pub mod signer;
 pub mod tenancy;
-// pub mod tls_files;
+pub mod tls_files;
 pub mod token;
-// pub mod yaml;
+pub mod yaml;

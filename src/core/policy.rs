@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::core::config::ConfigIssue;
-use crate::core::token::Identity;
+use crate::core::identity::Identity;
+use crate::core::yaml::ConfigIssue;
 
 /// A rule as written in YAML.
 #[derive(Debug, Clone, Deserialize)]
@@ -333,8 +333,8 @@ impl Policy {
                 .paths
                 .iter()
                 .map(|p| {
-                    p.replace(crate::core::config::PARAM_OPEN, "{")
-                        .replace(crate::core::config::PARAM_CLOSE, "}")
+                    p.replace(crate::core::yaml::PARAM_OPEN, "{")
+                        .replace(crate::core::yaml::PARAM_CLOSE, "}")
                 })
                 .collect();
             for (j, p) in paths.iter().enumerate() {
@@ -638,7 +638,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy(yaml: &str) -> Policy {
-        let raw: Vec<RawRule> = crate::core::config::parse_yaml(yaml, "").unwrap();
+        let raw: Vec<RawRule> = crate::core::yaml::parse_yaml(yaml, "").unwrap();
         Policy::compile(raw, &["iam".to_owned(), "partner".to_owned()]).unwrap()
     }
 
@@ -853,7 +853,7 @@ mod tests {
             ),
         ];
         for (yaml, path) in cases {
-            let raw: Vec<RawRule> = crate::core::config::parse_yaml(yaml, "").unwrap();
+            let raw: Vec<RawRule> = crate::core::yaml::parse_yaml(yaml, "").unwrap();
             let errs = Policy::compile(raw, &["iam".to_owned()]).unwrap_err();
             assert_eq!(errs[0].path, *path, "{yaml}: {errs:?}");
         }

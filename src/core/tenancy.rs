@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::core::token::Identity;
+use crate::core::identity::Identity;
 
 /// The tenant that stands for every tenant, in a file or in a query's rows.
 pub const ANY_TENANT: &str = "*";

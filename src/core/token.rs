@@ -16,13 +16,12 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::core::config::{IssuerConfig, normalize_typ};
+use crate::core::identity::{Identity, MAX_HEADER_VALUE, is_safe_id, is_safe_role};
 use crate::core::keys::{Key, KeySet, Selection, algorithm_from_name};
 
 /// Latest accepted time claim: 9999-12-31T23:59:59Z. Anything larger (or negative, or not a
 /// finite number) is nonsense, not a far future.
 const MAX_TIME: f64 = 253_402_300_799.0;
-/// Longest identity header value.
-const MAX_HEADER_VALUE: usize = 1024;
 /// Longest part of a token's own value shown in a message; the rest is cut and marked `…`.
 const MAX_QUOTED_CHARS: usize = 64;
 /// Most values of a list shown in a message.
@@ -110,26 +109,6 @@ fn mismatch_message(m: &Mismatch, what: &str, absent: &str) -> String {
     match &m.got {
         Some(got) => format!("{what} {got} is not accepted"),
         None => absent.to_owned(),
-    }
-}
-
-/// The verified identity a token carries, in header-safe form.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
-    /// The configured issuer name (not the `iss` URL).
-    pub issuer: Arc<str>,
-    pub user_id: Option<Box<str>>,
-    pub tenant_id: Option<Box<str>>,
-    /// In claim-path order, each in token order, without duplicates.
-    pub roles: Vec<Box<str>>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: f64,
-}
-
-impl Identity {
-    /// Roles joined with `,` (the `x-user-roles` value); `None` when there are none.
-    pub fn roles_header(&self) -> Option<String> {
-        (!self.roles.is_empty()).then(|| self.roles.join(","))
     }
 }
 
@@ -508,30 +487,6 @@ fn lookup<'v>(claims: &'v Map<String, Value>, path: &[String]) -> Result<Option<
         Value::Null => None,
         v => Some(v),
     })
-}
-
-/// A role that can go into `X-User-Roles`: an upstream may split the roles header on `,` or on
-/// spaces, or parse it as a structured field (quotes, `;` parameters, `\` escapes): any of those in
-/// one role would show it other roles than the policy judged. Also the rule for a store's roles.
-pub fn is_safe_role(role: &str) -> bool {
-    header_safe(role) && !role.contains([' ', ',', '"', ';', '\\'])
-}
-
-/// A user or tenant id that can go into its header: header-safe, and no `,`, which would make one
-/// id look like a list of two to an upstream that splits the header. Also the rule for a store's
-/// tenants and subjects.
-pub fn is_safe_id(id: &str) -> bool {
-    header_safe(id) && !id.contains(',')
-}
-
-/// A value that can go into an HTTP header unchanged and be read back identically: printable
-/// ASCII, no leading/trailing space (a proxy would trim it), at most 1 KiB, not empty.
-fn header_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_HEADER_VALUE
-        && s.bytes().all(|b| (0x20..0x7f).contains(&b))
-        && !s.starts_with(' ')
-        && !s.ends_with(' ')
 }
 
 fn optional_string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ()> {

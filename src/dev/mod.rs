@@ -1257,7 +1257,7 @@ mod tests {
         struct PolicyFile {
             rules: Vec<crate::core::policy::RawRule>,
         }
-        let raw: PolicyFile = crate::core::config::parse_yaml(yaml, "").unwrap();
+        let raw: PolicyFile = crate::core::yaml::parse_yaml(yaml, "").unwrap();
         crate::core::policy::Policy::compile(raw.rules, &["dev".to_owned(), "iam".to_owned()])
             .unwrap()
     }

@@ -16,11 +16,12 @@ use arc_swap::ArcSwap;
 
 use crate::core::config::{Config, IssuerConfig};
 use crate::core::decision::{Decision, Denial};
+use crate::core::identity::Identity;
 use crate::core::policy::{self, canonicalize};
 use crate::core::tenancy;
-use crate::core::token::{Identity, Mismatch, TokenError, Unverified, quote, quote_list};
+use crate::core::token::{Mismatch, TokenError, Unverified, quote, quote_list};
 use crate::serve::cache::TokenCache;
-use crate::serve::metrics::Metrics;
+use crate::serve::metrics::{Gauges, IssuerGauge, Metrics};
 use crate::serve::telemetry::{self, Protocol};
 use crate::sources::jwks::{IssuerKeys, Refetch};
 use crate::sources::membership::Membership;
@@ -173,6 +174,30 @@ impl Authorizer {
             return Err(NotReady::Draining);
         }
         self.runtime().readiness()
+    }
+
+    /// The state `/metrics` shows, from the runtime in force.
+    pub fn gauges(&self) -> Gauges {
+        let rt = self.runtime();
+        Gauges {
+            issuers: rt
+                .issuers
+                .iter()
+                .map(|i| IssuerGauge {
+                    name: Arc::clone(&i.name),
+                    key_set: i
+                        .keys
+                        .current()
+                        .map(|k| (k.fetched_at.elapsed(), k.keys.len())),
+                })
+                .collect(),
+            token_cache_entries: rt.cache.len(),
+            ready: self.readiness().is_ok(),
+            membership: rt
+                .membership
+                .as_ref()
+                .map(|m| (m.source(), m.is_available())),
+        }
     }
 
     /// Log and count one decision.

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::token::Identity;
+use crate::core::identity::Identity;
 
 /// Keyed 128-bit hash of a token.
 pub type TokenHash = u128;

@@ -44,7 +44,10 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let body = state.authorizer.metrics().render(&state.authorizer);
+    let body = state
+        .authorizer
+        .metrics()
+        .render(&state.authorizer.gauges());
     (
         [(
             header::CONTENT_TYPE,

@@ -15,7 +15,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::core::decision::Decision;
-use crate::serve::authorizer::Authorizer;
 use crate::serve::telemetry::Protocol;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,42 +242,60 @@ impl Metrics {
             .inc();
     }
 
-    /// Set the state gauges from the runtime in force and encode everything.
-    pub fn render(&self, authorizer: &Authorizer) -> String {
-        let rt = authorizer.runtime();
+    /// Set the state gauges from `state` and encode everything.
+    pub fn render(&self, state: &Gauges) -> String {
         self.key_set_age.clear();
         self.keys.clear();
-        for issuer in &rt.issuers {
+        for issuer in &state.issuers {
             let labels = IssuerLabels {
                 issuer: issuer.name.to_string(),
             };
-            if let Some(loaded) = issuer.keys.current() {
-                self.key_set_age
-                    .get_or_create(&labels)
-                    .set(loaded.fetched_at.elapsed().as_secs_f64());
-                self.keys
-                    .get_or_create(&labels)
-                    .set(loaded.keys.len() as i64);
-            } else {
-                self.keys.get_or_create(&labels).set(0);
+            match issuer.key_set {
+                Some((age, count)) => {
+                    self.key_set_age
+                        .get_or_create(&labels)
+                        .set(age.as_secs_f64());
+                    self.keys
+                        .get_or_create(&labels)
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.keys.get_or_create(&labels).set(0);
+                }
             }
         }
         self.cache_size
-            .set(i64::try_from(rt.cache.len()).unwrap_or(i64::MAX));
-        self.ready.set(i64::from(authorizer.readiness().is_ok()));
+            .set(i64::try_from(state.token_cache_entries).unwrap_or(i64::MAX));
+        self.ready.set(i64::from(state.ready));
         self.membership_available.clear();
-        if let Some(store) = &rt.membership {
+        if let Some((source, available)) = state.membership {
             self.membership_available
-                .get_or_create(&SourceLabels {
-                    source: store.source(),
-                })
-                .set(i64::from(store.is_available()));
+                .get_or_create(&SourceLabels { source })
+                .set(i64::from(available));
         }
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// What the state gauges show, read from the runtime in force at scrape time by the caller (so
+/// that this module depends on nothing above it).
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub issuers: Vec<IssuerGauge>,
+    pub token_cache_entries: u64,
+    pub ready: bool,
+    /// The membership store's source and whether it answers now.
+    pub membership: Option<(&'static str, bool)>,
+}
+
+/// One issuer's key set: its age and number of usable keys; `None` before the first fetch.
+#[derive(Debug, Clone)]
+pub struct IssuerGauge {
+    pub name: Arc<str>,
+    pub key_set: Option<(Duration, usize)>,
 }
 
 /// Shared handle.

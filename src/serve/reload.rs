@@ -67,11 +67,12 @@ impl KeyStores {
                         .map(|i| Arc::clone(&i.keys))
                 });
                 reused.unwrap_or_else(|| {
+                    let metrics = Arc::clone(&self.metrics);
                     let keys = Arc::new(IssuerKeys::new(
                         issuer,
                         timing.clone(),
                         client.clone(),
-                        Arc::clone(&self.metrics),
+                        Arc::new(move |name: &str, ok: bool| metrics.record_fetch(name, ok)),
                     ));
                     fresh.push(Arc::clone(&keys));
                     keys

@@ -104,7 +104,8 @@ mod tests {
 
     use super::*;
     use crate::core::decision::Denial;
-    use crate::core::token::{Identity, Mismatch, TokenError};
+    use crate::core::identity::Identity;
+    use crate::core::token::{Mismatch, TokenError};
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

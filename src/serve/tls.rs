@@ -1,6 +1,6 @@
 //! TLS and mTLS on the gRPC listener (`listen.grpc_tls`), with certificates reloaded from disk.
 //!
-//! The files are read into a complete rustls [`ServerConfig`] (certificate chain, key, and with
+//! The files are read ([`crate::core::tls_files`]) into a complete rustls [`ServerConfig`] (certificate chain, key, and with
 //! `client_ca` a verifier that *requires* a client certificate chaining to it; ALPN `h2`). That
 //! config is an immutable snapshot behind an [`ArcSwap`]: every accepted connection takes the
 //! current one, and a watcher polls the files' metadata and swaps in a new snapshot when they
@@ -14,19 +14,15 @@
 //! never holds up the accept loop. Failures are logged at debug and only close that connection.
 
 use std::io;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::CertificateDer;
+use rustls::server::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -34,30 +30,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::core::config::{GrpcListen, Listen, TlsFiles};
+use crate::core::config::{GrpcListen, Listen};
+pub use crate::core::tls_files::TlsError;
+use crate::core::tls_files::{TlsFiles, build, provider};
 use crate::serve::conn::{Admission, Guarded, H2_PREFACE_LEN, next_admitted};
 
 /// How often the watcher looks at the certificate files.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why the TLS material cannot be used. Each names the config field whose file is at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("listen.grpc_tls.{field}: cannot read {}: {source}", path.display())]
-    Read {
-        field: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("listen.grpc_tls.{field}: {}: {problem}", path.display())]
-    Invalid {
-        field: &'static str,
-        path: PathBuf,
-        problem: String,
-    },
-    #[error("listen.grpc_tls: {0}")]
-    Unsupported(String),
-}
 
 /// The TLS settings for the configured gRPC listener: `None` without `grpc_tls`. TLS on a unix
 /// socket is refused (an error, not a silent plain-text fallback): the socket's file mode is
@@ -71,15 +50,6 @@ pub fn for_listener(listen: &Listen) -> Result<Option<Arc<ReloadingTls>>, TlsErr
         ))),
         (Some(files), GrpcListen::Tcp(_)) => ReloadingTls::load(files.clone()).map(Some),
     }
-}
-
-/// Read and check the files without serving (what `check-config` can call).
-pub fn check(files: &TlsFiles) -> Result<(), TlsError> {
-    build(files, &provider()).map(|_| ())
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The current TLS server config, swapped when the files on disk change.
@@ -185,87 +155,6 @@ fn fingerprint(files: &TlsFiles) -> Fingerprint {
             .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())))
     })
     .collect()
-}
-
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        field,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn invalid(field: &'static str, path: &Path, problem: impl std::fmt::Display) -> TlsError {
-    TlsError::Invalid {
-        field,
-        path: path.to_owned(),
-        problem: problem.to_string(),
-    }
-}
-
-fn certificates(
-    field: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(field, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(field, path, format!("invalid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid(field, path, "no CERTIFICATE block in the PEM file"));
-    }
-    Ok(certs)
-}
-
-/// A complete server config from the files.
-fn build(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, TlsError> {
-    let chain = certificates("cert", &files.cert)?;
-    let key_pem = read("key", &files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        invalid(
-            "key",
-            &files.key,
-            format!("no usable PRIVATE KEY block (PKCS#8, PKCS#1 or SEC1): {e}"),
-        )
-    })?;
-    // Checks the key (type supported, parses) and that it belongs to the certificate.
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        invalid(
-            "key",
-            &files.key,
-            format!(
-                "cannot be used with the certificate in {}: {e}",
-                files.cert.display()
-            ),
-        )
-    })?;
-
-    let builder = ServerConfig::builder_with_provider(Arc::clone(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Unsupported(e.to_string()))?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca_path) => {
-            let mut roots = RootCertStore::empty();
-            for ca in certificates("client_ca", ca_path)? {
-                roots
-                    .add(ca)
-                    .map_err(|e| invalid("client_ca", ca_path, format!("not a usable CA: {e}")))?;
-            }
-            // Client certificates are required: the builder's default (no
-            // `allow_unauthenticated`).
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
-                    .build()
-                    .map_err(|e| invalid("client_ca", ca_path, e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config =
-        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    // gRPC is HTTP/2; Envoy's HTTP/2 cluster over TLS offers (and needs) `h2`.
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
 }
 
 /// An accepted TLS connection, as tonic serves it. Its connect info is the TCP one, so
@@ -375,10 +264,12 @@ pub fn incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::tls_files::check;
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
         KeyPair,
     };
+    use std::path::PathBuf;
 
     fn ca() -> CertifiedIssuer<'static, KeyPair> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

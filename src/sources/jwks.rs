@@ -105,7 +105,7 @@ pub struct IssuerKeys {
     /// force. Dropped with `self`, which also ends the refresher.
     installed: watch::Sender<u64>,
     state: Mutex<FetchState>,
-    metrics: Arc<crate::serve::metrics::Metrics>,
+    on_fetch: OnFetch,
     /// Test hook: the next fetch task panics.
     #[cfg(test)]
     panic_next_fetch: std::sync::atomic::AtomicBool,
@@ -118,6 +118,10 @@ impl std::fmt::Debug for IssuerKeys {
             .finish_non_exhaustive()
     }
 }
+
+/// Told of every fetch's outcome (issuer name, success): how the server counts fetches without
+/// this source depending on its metrics.
+pub type OnFetch = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 /// Building the HTTP client failed (TLS backend could not start).
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +145,7 @@ impl IssuerKeys {
         issuer: &IssuerConfig,
         timing: JwksTiming,
         client: reqwest::Client,
-        metrics: Arc<crate::serve::metrics::Metrics>,
+        on_fetch: OnFetch,
     ) -> Self {
         IssuerKeys {
             name: Arc::from(issuer.name.as_str()),
@@ -153,7 +157,7 @@ impl IssuerKeys {
             current: ArcSwapOption::empty(),
             installed: watch::Sender::new(0),
             state: Mutex::new(FetchState::default()),
-            metrics,
+            on_fetch,
             #[cfg(test)]
             panic_next_fetch: std::sync::atomic::AtomicBool::new(false),
         }
@@ -266,7 +270,7 @@ impl IssuerKeys {
         if result.is_ok() {
             self.installed.send_modify(|n| *n = n.wrapping_add(1));
         }
-        self.metrics.record_fetch(&self.name, result.is_ok());
+        (self.on_fetch)(&self.name, result.is_ok());
         match &result {
             Ok(l) => {
                 tracing::info!(issuer = %self.name, keys = l.keys.len(), ttl_s = l.ttl.as_secs(), "JWKS fetched");
@@ -651,7 +655,7 @@ mod tests {
             &config.issuers[0],
             config.jwks.clone(),
             http_client(&config.jwks).unwrap(),
-            Arc::new(crate::serve::metrics::Metrics::new()),
+            Arc::new(|_: &str, _: bool| {}),
         ))
     }
 

@@ -11,6 +11,7 @@ mod envoy;
 mod gateways;
 mod grpc;
 mod jwks;
+mod layout;
 mod limits;
 mod membership;
 mod ops;

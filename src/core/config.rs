@@ -1845,7 +1845,7 @@ fn check_fetch_url(url: &str, allow_http: bool, at: &str, issues: &mut Issues) {
 /// The rule for JWKS and discovery URLs, shared by `check-config` and the fetcher (a discovered
 /// `jwks_uri` is checked at fetch time).
 pub fn fetch_url_allowed(url: &str, allow_http: bool) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if allow_http || is_loopback_host(&parsed) => Ok(()),
@@ -1856,7 +1856,7 @@ pub fn fetch_url_allowed(url: &str, allow_http: bool) -> Result<(), String> {
     }
 }
 
-fn is_loopback_host(url: &reqwest::Url) -> bool {
+fn is_loopback_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

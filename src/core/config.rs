@@ -100,7 +100,7 @@ struct RawPostgres {
     connect_timeout: Option<Duration>,
 }
 
-/// Which decisions are logged (target `citadel_authz::core::decision`).
+/// Which decisions are logged (target `citadel_authz::decision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum DecisionLog {

@@ -1,6 +1,6 @@
 //! Logging setup and the per-decision log event.
 //!
-//! Decisions are logged under their own target (`citadel_authz::core::decision`) so they can be routed
+//! Decisions are logged under their own target (`citadel_authz::decision`) so they can be routed
 //! or silenced with `RUST_LOG`; allows at `debug`, denials at `info`. Never the token.
 
 use std::io::IsTerminal;
@@ -75,7 +75,7 @@ pub fn record_decision(
         Decision::Allow { rule, identity } if log_allows => {
             let identity = identity.as_deref();
             tracing::info!(
-                target: "citadel_authz::core::decision",
+                target: "citadel_authz::decision",
                 protocol = protocol.as_str(), outcome, rule = &**rule, method, path,
                 issuer = identity.map(|i| &*i.issuer),
                 sub = identity.and_then(|i| i.user_id.as_deref()),
@@ -88,7 +88,7 @@ pub fn record_decision(
         Decision::Deny { rule, denial } => {
             let reason = denial.log_reason();
             tracing::info!(
-                target: "citadel_authz::core::decision",
+                target: "citadel_authz::decision",
                 protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,
                 reason = reason.as_str(), latency_us,
                 "deny"

@@ -345,7 +345,7 @@ async fn serve_runs_from_a_config_file_and_exits_zero_on_sigterm() {
     // own target; the token and the query string never appear.
     let decisions: Vec<&serde_json::Value> = events
         .iter()
-        .filter(|e| e["target"] == "citadel_authz::core::decision")
+        .filter(|e| e["target"] == "citadel_authz::decision")
         .collect();
     assert_eq!(decisions.len(), 2, "{log}");
     assert_eq!(decisions[0]["outcome"], "allow");

@@ -391,7 +391,7 @@ async fn decision_log_names_refused_values_with_what_is_accepted() {
     let decisions: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["target"] == "citadel_authz::core::decision")
+        .filter(|e| e["target"] == "citadel_authz::decision")
         .collect();
     assert_eq!(decisions.len(), 4, "{log}");
     let reasons: Vec<&str> = decisions[1..]

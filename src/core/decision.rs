@@ -36,6 +36,10 @@ pub enum Denial {
     Policy(PolicyDenial),
     #[error("no rule matches this request")]
     NoRule,
+    /// Envoy's `context_extensions` named a rule the policy does not have (SPEC §10); holds the
+    /// name already quoted.
+    #[error("citadel_rule {0} names no rule of the policy")]
+    UnknownRule(String),
     #[error("{0}")]
     BadPath(PathError),
     /// Holds the method already quoted for messages.
@@ -124,7 +128,9 @@ impl Denial {
             Denial::NoCredentials => Outcome::Unauthenticated,
             Denial::InvalidToken(_) => Outcome::InvalidToken,
             Denial::Policy(PolicyDenial::InsufficientScope) => Outcome::InsufficientScope,
-            Denial::Policy(_) | Denial::NoRule | Denial::UntrustedPeer => Outcome::Forbidden,
+            Denial::Policy(_) | Denial::NoRule | Denial::UnknownRule(_) | Denial::UntrustedPeer => {
+                Outcome::Forbidden
+            }
             Denial::BadPath(_)
             | Denial::BadMethod(_)
             | Denial::SeveralAuthorizations
@@ -161,6 +167,7 @@ impl Denial {
             Denial::Policy(PolicyDenial::TenantMismatch) => "tenant",
             Denial::Policy(PolicyDenial::IssuerNotAllowed) => "issuer_not_allowed",
             Denial::NoRule => "no_rule",
+            Denial::UnknownRule(_) => "unknown_rule",
             Denial::BadPath(_) => "path",
             Denial::BadMethod(_) => "method",
             Denial::SeveralAuthorizations => "several_authorizations",

@@ -470,6 +470,26 @@ impl Policy {
         })
     }
 
+    /// The rule called `name`, chosen by the gateway instead of by matching (SPEC §10: Envoy's
+    /// `context_extensions: {citadel_rule: NAME}`): it decides whatever the method and path. Its
+    /// tenant is the `tenant_param` segment of the first of its patterns that the path matches;
+    /// none when no pattern matches, so a tenant rule then refuses — it cannot tell which tenant
+    /// is asked for. `None` when no rule has that name.
+    pub fn named<'p, 'r>(
+        &'p self,
+        name: &str,
+        path: &'r CanonicalPath,
+    ) -> Option<RuleMatch<'p, 'r>> {
+        let rule = self.rules.iter().find(|r| &*r.name == name)?;
+        let tenant = rule
+            .patterns
+            .iter()
+            .find(|p| p.matches(&path.segments))
+            .and_then(|p| p.tenant_at)
+            .map(|i| path.segments[i].as_str());
+        Some(RuleMatch { rule, tenant })
+    }
+
     /// The same answer as [`Policy::find`] by trying every rule in order (the definition the
     /// trie must agree with; tests compare them).
     #[cfg(test)]
@@ -518,7 +538,6 @@ fn boxed(list: &[String]) -> Vec<Box<str>> {
 }
 
 impl Pattern {
-    #[cfg(test)]
     fn matches(&self, path: &[String]) -> bool {
         let mut i = 0;
         for seg in &self.segments {
@@ -672,6 +691,20 @@ mod tests {
     fn rule_for(p: &Policy, method: &str, target: &str) -> Option<String> {
         let path = canonicalize(target).unwrap();
         p.find(method, &path).map(|m| m.rule.name.to_string())
+    }
+
+    #[test]
+    fn a_rule_chosen_by_name_decides_whatever_the_path_with_its_tenant_when_a_pattern_matches() {
+        let p = spec_policy();
+        let path = |t: &str| canonicalize(t).unwrap();
+        let acme = path("/api/tenants/acme/x");
+        let m = p.named("tenant-data", &acme).unwrap();
+        assert_eq!((&*m.rule.name, m.tenant), ("tenant-data", Some("acme")));
+        let other = path("/somewhere/else");
+        let m = p.named("tenant-data", &other).unwrap();
+        assert_eq!(m.tenant, None);
+        assert_eq!(&*p.named("admin", &other).unwrap().rule.name, "admin");
+        assert!(p.named("nope", &other).is_none());
     }
 
     #[test]

@@ -704,6 +704,7 @@ async fn judge(rt: &Runtime, http: SocketAddr, probe: &Probe, token: Option<&str
         method: &probe.method,
         path: &probe.path,
         authorization: auth.as_deref().map_or(AuthHeader::Absent, AuthHeader::One),
+        rule: None,
     };
     let decision = authorizer::check(rt, &input, authorizer::unix_now()).await;
     let outcome = decision.outcome();

@@ -54,6 +54,10 @@ pub struct CheckInput<'a> {
     /// Request target as received: path, possibly with `?query`.
     pub path: &'a str,
     pub authorization: AuthHeader<'a>,
+    /// The rule the gateway chose (Envoy's `context_extensions` `citadel_rule`, SPEC §10): it
+    /// decides instead of path matching. Only Envoy's own config can set it; forward-auth never
+    /// does, since a client could set any header.
+    pub rule: Option<&'a str>,
 }
 
 /// One issuer: its rules and its keys.
@@ -208,9 +212,18 @@ impl Authorizer {
         method: &str,
         path: &str,
         latency: std::time::Duration,
+        correlation: telemetry::Correlation<'_>,
     ) {
         let log_allows = self.runtime.load().config.decision_log_allows;
-        telemetry::record_decision(protocol, decision, method, path, latency, log_allows);
+        telemetry::record_decision(
+            protocol,
+            decision,
+            method,
+            path,
+            latency,
+            log_allows,
+            correlation,
+        );
         self.metrics.record_decision(protocol, decision, latency);
     }
 
@@ -249,7 +262,19 @@ pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
         Ok(p) => p,
         Err(e) => return Decision::deny(Denial::BadPath(e)),
     };
-    let Some(matched) = rt.config.policy.find(input.method, &path) else {
+    let matched = match input.rule {
+        None => rt.config.policy.find(input.method, &path),
+        Some(name) => {
+            let named = rt.config.policy.named(name, &path);
+            if named.is_none() {
+                // A misconfigured route: every request on it is refused until it is fixed.
+                tracing::error!(rule = %quote(name), "Envoy's context_extensions citadel_rule names no rule of the policy; refusing (403)");
+                return Decision::deny(Denial::UnknownRule(quote(name)));
+            }
+            named
+        }
+    };
+    let Some(matched) = matched else {
         return Decision::deny(Denial::NoRule);
     };
     let rule = Some(Arc::clone(&matched.rule.name));

@@ -11,12 +11,16 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
+use crate::core::identity::Identity;
 use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput};
-use crate::serve::telemetry::Protocol;
+use crate::serve::telemetry::{Correlation, Protocol};
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -44,6 +48,18 @@ impl Authorization for AuthzService {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let rt = self.authorizer.runtime();
+        let correlation = http.map_or_else(Correlation::default, |http| {
+            Correlation::from_headers(
+                first_header(http, "x-request-id"),
+                first_header(http, "traceparent"),
+            )
+        });
+        // Only Envoy's own route config can set context_extensions (SPEC §10).
+        let rule = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get(RULE_EXTENSION))
+            .map(String::as_str);
         let (decision, method, path) = match http {
             None => (
                 Decision::deny(Denial::BadRequest(
@@ -73,6 +89,7 @@ impl Authorization for AuthzService {
                     method: &http.method,
                     path: &http.path,
                     authorization,
+                    rule,
                 };
                 (
                     crate::serve::authorizer::check(
@@ -86,9 +103,29 @@ impl Authorization for AuthzService {
                 )
             }
         };
-        self.authorizer
-            .record(Protocol::Grpc, &decision, method, path, started.elapsed());
+        self.authorizer.record(
+            Protocol::Grpc,
+            &decision,
+            method,
+            path,
+            started.elapsed(),
+            correlation,
+        );
         Ok(Response::new(to_check_response(&decision, &rt.config)))
+    }
+}
+
+/// The `context_extensions` key whose value names the rule that decides (SPEC §10).
+pub const RULE_EXTENSION: &str = "citadel_rule";
+
+/// The first value of header `name` (lower case), from whichever form Envoy sent.
+fn first_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    match http.header_map.as_ref().map(|m| &m.headers) {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(name))
+            .map(header_text),
+        _ => http.headers.get(name).map(String::as_str),
     }
 }
 
@@ -107,8 +144,22 @@ pub fn to_check_response(
     config: &crate::core::config::Config,
 ) -> CheckResponse {
     match decision {
-        Decision::Allow { identity, .. } => {
+        Decision::Allow { identity, rule } => {
             let h = identity_headers(identity.as_deref(), &config.headers);
+            let id = identity.as_deref();
+            let metadata = metadata([
+                ("rule", Some(rule.to_string())),
+                ("issuer", id.map(|i| i.issuer.to_string())),
+                (
+                    "user_id",
+                    id.and_then(|i| i.user_id.as_deref().map(str::to_owned)),
+                ),
+                (
+                    "tenant_id",
+                    id.and_then(|i| i.tenant_id.as_deref().map(str::to_owned)),
+                ),
+                ("roles", id.and_then(Identity::roles_header)),
+            ]);
             CheckResponse {
                 status: Some(rpc::Status {
                     code: 0,
@@ -123,11 +174,16 @@ pub fn to_check_response(
                     headers_to_remove: h.remove,
                     ..Default::default()
                 })),
-                ..Default::default()
+                dynamic_metadata: Some(metadata),
             }
         }
-        Decision::Deny { denial, .. } => {
+        Decision::Deny { denial, rule } => {
             let r = render_denial(denial, &config.realm);
+            let metadata = metadata([
+                ("rule", rule.as_deref().map(str::to_owned)),
+                ("reason", Some(denial.to_string())),
+                ("error", Some(denial.outcome().error_code().to_owned())),
+            ]);
             CheckResponse {
                 status: Some(rpc::Status {
                     code: r.grpc_code,
@@ -147,9 +203,29 @@ pub fn to_check_response(
                         .collect(),
                     body: r.body,
                 })),
-                ..Default::default()
+                dynamic_metadata: Some(metadata),
             }
         }
+    }
+}
+
+/// Dynamic metadata for Envoy (SPEC §10): the ext_authz filter stores it under its namespace
+/// `envoy.filters.http.ext_authz`, where access logs (`%DYNAMIC_METADATA(...:user_id)%`) and
+/// later filters read it. Absent values are left out.
+fn metadata<const N: usize>(fields: [(&str, Option<String>); N]) -> Struct {
+    Struct {
+        fields: fields
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let v = v?;
+                Some((
+                    k.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(v)),
+                    },
+                ))
+            })
+            .collect(),
     }
 }
 

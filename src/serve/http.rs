@@ -19,6 +19,7 @@ use axum::routing::get;
 
 use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
 use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput, NotReady};
+use crate::serve::telemetry::Correlation;
 use crate::serve::telemetry::Protocol;
 
 /// Where gateways send forward-auth requests (ADR-0019).
@@ -135,6 +136,8 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
                 method: &method,
                 path: &path,
                 authorization,
+                // Forward-auth has no gateway-only channel: a header could come from the client.
+                rule: None,
             };
             (
                 crate::serve::authorizer::check(&rt, &input, crate::serve::authorizer::unix_now())
@@ -144,9 +147,16 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
             )
         }
     };
-    state
-        .authorizer
-        .record(Protocol::Http, &decision, &method, &path, started.elapsed());
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let correlation = Correlation::from_headers(text("x-request-id"), text("traceparent"));
+    state.authorizer.record(
+        Protocol::Http,
+        &decision,
+        &method,
+        &path,
+        started.elapsed(),
+        correlation,
+    );
     render(&decision, &rt.config)
 }
 

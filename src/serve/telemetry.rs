@@ -51,6 +51,57 @@ impl Protocol {
     }
 }
 
+/// What ties a decision to the request around it (SPEC §10): the gateway's `x-request-id`
+/// and the trace id of a W3C `traceparent`. Values that are not well formed are left out rather
+/// than logged, since a client may send anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Correlation<'a> {
+    pub request_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+}
+
+/// Longest `x-request-id` that is logged (Envoy's are UUIDs, 36 bytes).
+const MAX_REQUEST_ID: usize = 200;
+
+impl<'a> Correlation<'a> {
+    /// From the request's `x-request-id` and `traceparent` header values.
+    pub fn from_headers(request_id: Option<&'a str>, traceparent: Option<&'a str>) -> Self {
+        Correlation {
+            request_id: request_id.filter(|id| {
+                (1..=MAX_REQUEST_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+            }),
+            trace_id: traceparent.and_then(trace_id),
+        }
+    }
+}
+
+/// The trace id of a W3C trace-context `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): lower-case
+/// hex, neither id all zeros, version `ff` invalid; a later version may append fields.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let rest_ok = if version == "00" {
+        parts.next().is_none()
+    } else {
+        true
+    };
+    let ok = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2)
+        && rest_ok;
+    ok.then_some(trace)
+}
+
 /// One structured event per decision.
 ///
 /// Every text field is recorded as a string value, allow and deny alike, so the text format
@@ -64,7 +115,12 @@ pub fn record_decision(
     path: &str,
     latency: Duration,
     log_allows: bool,
+    correlation: Correlation<'_>,
 ) {
+    let Correlation {
+        request_id,
+        trace_id,
+    } = correlation;
     let outcome = decision.outcome().error_code();
     let latency_us = latency.as_micros() as u64;
     // The path is logged without its query string, which may carry secrets.
@@ -80,6 +136,7 @@ pub fn record_decision(
                 issuer = identity.map(|i| &*i.issuer),
                 sub = identity.and_then(|i| i.user_id.as_deref()),
                 tenant = identity.and_then(|i| i.tenant_id.as_deref()),
+                request_id, trace_id,
                 latency_us,
                 "allow"
             );
@@ -90,7 +147,7 @@ pub fn record_decision(
             tracing::info!(
                 target: "citadel_authz::decision",
                 protocol = protocol.as_str(), outcome, rule = rule.as_deref(), method, path,
-                reason = reason.as_str(), latency_us,
+                reason = reason.as_str(), request_id, trace_id, latency_us,
                 "deny"
             );
         }
@@ -181,6 +238,7 @@ mod tests {
                     path,
                     Duration::from_micros(7),
                     true,
+                    Correlation::default(),
                 );
             }
         });
@@ -242,6 +300,42 @@ mod tests {
                     assert!(field.is_string(), "{k} in {line}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn correlation_takes_well_formed_ids_only() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = Correlation::from_headers(Some("6b1c7e3a-0d5e-4f0e-9d7a-1d2f3a4b5c6d"), Some(tp));
+        assert_eq!(c.request_id, Some("6b1c7e3a-0d5e-4f0e-9d7a-1d2f3a4b5c6d"));
+        assert_eq!(c.trace_id, Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(
+                Correlation::from_headers(None, Some(bad)).trace_id,
+                None,
+                "{bad}"
+            );
+        }
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        assert!(
+            Correlation::from_headers(None, Some(future))
+                .trace_id
+                .is_some()
+        );
+        for bad in ["", "has space", "x\u{7f}", &"a".repeat(201)] {
+            assert_eq!(
+                Correlation::from_headers(Some(bad), None).request_id,
+                None,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -549,6 +549,7 @@ fn every_sample_passes_envoy_validate_and_check_config() {
         "envoy/envoy.yaml",
         "envoy/envoy-uds.yaml",
         "envoy/envoy-dev.yaml",
+        "envoy/envoy-routes.yaml",
     ] {
         envoy_validate(&repo_file(sample));
     }
@@ -630,6 +631,20 @@ fn sample_variants_agree_with_the_main_sample() {
     assert_eq!(
         get(&dev, "static_resources.clusters.0"),
         get(&main, "static_resources.clusters.0")
+    );
+
+    // Routes variant: the same connection manager but for the access log's format and the route
+    // table, the same clusters.
+    let routes = yaml_file("envoy/envoy-routes.yaml");
+    let without_log = |v: &serde_yaml_ng::Value| {
+        let mut hcm = hcm_without_routes(v);
+        hcm.as_mapping_mut().unwrap().remove("access_log");
+        hcm
+    };
+    assert_eq!(without_log(&routes), without_log(&main));
+    assert_eq!(
+        get(&routes, "static_resources.clusters"),
+        get(&main, "static_resources.clusters")
     );
 
     // citadel-authz UDS config: only `listen` differs.
@@ -1631,4 +1646,136 @@ async fn membership_store_tenant_and_roles_reach_the_upstream_through_envoy() {
     let reply = envoy.get_with("/api/tenants/globex/reports", &bob).await;
     assert_denial(&reply, 403, None, "forbidden");
     authz.stop().await;
+}
+
+/// SPEC §10 through real Envoy (`envoy/envoy-routes.yaml`): a route's context_extensions choose
+/// the rule (an unknown name is 403 and an error log); the dynamic metadata reaches Envoy's access
+/// log on allow and deny; the decision log carries Envoy's request id and the trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_route_rules_metadata_in_the_access_log_and_correlation_ids() {
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let cfg = dir.path().join("citadel-authz.yaml");
+    let text = config_yaml(&jwks, "  refresh_min: 30s")
+        .replace("grpc: 127.0.0.1:0", &format!("grpc: 127.0.0.1:{grpc_port}"))
+        .replace("http: 127.0.0.1:0", &format!("http: 127.0.0.1:{http_port}"));
+    std::fs::write(&cfg, format!("{text}decision_log: all\n")).unwrap();
+    let mut cmd = Command::new(authz_bin());
+    cmd.args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info");
+    let mut authz = ChildGuard::spawn("citadel-authz", cmd, dir.path().join("authz.log"));
+    let ready = format!("http://127.0.0.1:{http_port}/readyz");
+    eventually(Duration::from_secs(20), "ready", || async {
+        (reqwest::get(&ready).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let upstream = EchoUpstream::start().await;
+    let ports = |rule: &str| {
+        vec![
+            ("port_value: 9191", format!("port_value: {grpc_port}")),
+            (
+                "port_value: 8080",
+                format!("port_value: {}", upstream.addr.port()),
+            ),
+            ("citadel_rule: admin", format!("citadel_rule: {rule}")),
+        ]
+    };
+    let envoy = Envoy::start("envoy/envoy-routes.yaml", ports("admin")).await;
+    let iss = jwks.issuer();
+    let admin = k.mint(&claims(&iss, "alice", "acme", &["admin"]));
+    let reader = k.mint(&claims(&iss, "bob", "acme", &["reader"]));
+
+    // /reports/ matches no rule's paths: only the route's citadel_rule lets the admin rule decide.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = envoy
+        .get(
+            "/reports/q3",
+            &[
+                ("authorization", &bearer(&admin)),
+                ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(upstream_saw(&reply, "x-user-id"), ["alice"]);
+    let request_id = upstream_saw(&reply, "x-request-id").pop().unwrap();
+    let reply = envoy.get_with("/reports/q3", &reader).await;
+    assert_denial(&reply, 403, Some("Bearer realm="), "insufficient_scope");
+    // Other routes still match by path: /reports/ is not a rule of the policy.
+    let r = envoy.get_with("/api/orders/1", &reader).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The path is still judged for refused forms on a chosen-rule route.
+    let r = envoy.get_with("/reports/a%00b", &admin).await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // The access log shows what citadel-authz answered, from its dynamic metadata.
+    let log = eventually(Duration::from_secs(10), "access log lines", || async {
+        let log = envoy._guard.log_text();
+        (log.matches("/reports/q3").count() >= 2).then_some(log)
+    })
+    .await;
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+            .to_owned()
+    };
+    let allow = line("/reports/q3\" 200");
+    for want in [
+        "user=alice",
+        "tenant=acme",
+        "roles=admin",
+        "rule=admin",
+        &format!("request_id={request_id}"),
+    ] {
+        assert!(allow.contains(want), "{want} in {allow}");
+    }
+    let deny = line("/reports/q3\" 403");
+    assert!(deny.contains("rule=admin"), "{deny}");
+    assert!(
+        deny.contains("reason=\"token lacks a role this route requires\""),
+        "{deny}"
+    );
+    assert!(deny.contains("user=-"), "no identity on a denial: {deny}");
+
+    // An unknown rule name: 403 forbidden and an error in citadel-authz's log.
+    drop(envoy);
+    let envoy = Envoy::start("envoy/envoy-routes.yaml", ports("no-such-rule")).await;
+    let reply = envoy.get_with("/reports/q3", &admin).await;
+    assert_denial(&reply, 403, None, "forbidden");
+
+    authz.terminate(Duration::from_secs(15)).expect("exits");
+    let log = authz.log_text();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["level"] == "ERROR"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("citadel_rule"))
+            && e["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("no-such-rule"))),
+        "{log}"
+    );
+    let decision = events
+        .iter()
+        .find(|e| e["target"] == "citadel_authz::decision" && e["path"] == "/reports/q3")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(decision["request_id"], request_id.as_str(), "{decision}");
+    assert_eq!(decision["trace_id"], trace, "{decision}");
+    assert_eq!(decision["rule"], "admin");
+    // Every decision that came through Envoy has Envoy's request id.
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["target"] == "citadel_authz::decision")
+            .all(|e| e["request_id"].is_string()),
+        "{log}"
+    );
 }

@@ -72,6 +72,10 @@ enum Command {
         /// Extra request header `name: value` (repeatable).
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
+        /// A context extension `key=value`, as an Envoy route's `check_settings` sends it
+        /// (repeatable), e.g. `--context citadel_rule=admin` to try a per-route rule.
+        #[arg(long = "context")]
+        context: Vec<String>,
     },
 }
 
@@ -116,7 +120,8 @@ async fn async_main(command: Command) -> ExitCode {
             path,
             token,
             headers,
-        } => check(grpc, method, path, token, headers).await,
+            context,
+        } => check(grpc, method, path, token, headers, context).await,
     }
 }
 
@@ -297,6 +302,7 @@ async fn check(
     path: String,
     token: Option<String>,
     headers: Vec<String>,
+    context: Vec<String>,
 ) -> ExitCode {
     let mut list = Vec::new();
     if let Some(t) = token {
@@ -308,7 +314,18 @@ async fn check(
             None => return cannot_ask(format!("--header {h:?} is not `name: value`")),
         }
     }
-    match client::check(grpc, client::check_request(&method, &path, &list)).await {
+    let mut request = client::check_request(&method, &path, &list);
+    for c in context {
+        let Some((k, v)) = c.split_once('=') else {
+            return cannot_ask(format!("--context {c:?} is not `key=value`"));
+        };
+        if let Some(attributes) = request.attributes.as_mut() {
+            attributes
+                .context_extensions
+                .insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    match client::check(grpc, request).await {
         Ok(resp) => {
             print!("{}", client::describe(&resp));
             if client::is_allowed(&resp) {

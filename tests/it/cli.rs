@@ -261,6 +261,30 @@ async fn check_reaches_a_unix_socket_and_exits_0_allow_1_deny_2_cannot_ask() {
         assert!(stdout.starts_with(status), "{path}: {stdout}");
     }
 
+    // --context tries a per-route rule as an Envoy route's check_settings would send it: /x is
+    // no rule's path, the named rule decides; an unknown name is refused.
+    let mut args = check_args(&grpc, "/x", Some(&token));
+    args.extend([
+        "--context".to_owned(),
+        "citadel_rule=orders-read".to_owned(),
+    ]);
+    let out = run(args).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("x-user-id: alice"), "{stdout}");
+    let mut args = check_args(&grpc, "/api/me", Some(&token));
+    args.extend(["--context".to_owned(), "citadel_rule=nope".to_owned()]);
+    let out = run(args).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("DENY 403") && stdout.contains("citadel_rule"),
+        "{stdout}"
+    );
+    let mut args = check_args(&grpc, "/api/me", Some(&token));
+    args.extend(["--context".to_owned(), "no-equals".to_owned()]);
+    assert_eq!(run(args).await.status.code(), Some(2));
+
     // Nobody listening: 2 (never 1, which a script would read as a denial), with the cause.
     let closed = format!("127.0.0.1:{}", free_port());
     let out = run(check_args(&closed, "/api/me", Some(&token))).await;

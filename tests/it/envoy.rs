@@ -1779,3 +1779,217 @@ async fn per_route_rules_metadata_in_the_access_log_and_correlation_ids() {
         "{log}"
     );
 }
+
+/// `deploy/compose/docker-compose.yaml`, checked statically (no docker daemon here): the three
+/// services share citadel-authz's network namespace, so the loopback addresses of the mounted
+/// Envoy config must be exactly the ports citadel-authz and the echo server listen on.
+#[test]
+fn compose_demo_is_consistent_with_the_configs_it_mounts() {
+    let compose = yaml_file("deploy/compose/docker-compose.yaml");
+    let svc = |name: &str| compose["services"][name].clone();
+    let (authz, envoy, echo) = (svc("citadel-authz"), svc("envoy"), svc("echo"));
+    assert!(
+        repo_file("deploy/compose")
+            .join(authz["build"]["context"].as_str().unwrap())
+            .join(authz["build"]["dockerfile"].as_str().unwrap())
+            .is_file()
+    );
+    let command: Vec<&str> = authz["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(command[0], "dev");
+    let flag = |name: &str| command[command.iter().position(|c| *c == name).unwrap() + 1];
+    for s in [&envoy, &echo] {
+        assert_eq!(s["network_mode"].as_str(), Some("service:citadel-authz"));
+        assert!(
+            s["image"].as_str().unwrap().contains(':'),
+            "pinned tag: {s:?}"
+        );
+    }
+    assert!(
+        envoy["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("envoyproxy/envoy:v1.40")
+    );
+
+    // The Envoy config it mounts, and what that config expects around it.
+    let mount = envoy["volumes"][0].as_str().unwrap();
+    let (host, inside) = mount.split_once(':').unwrap();
+    let inside = inside.trim_end_matches(":ro");
+    let cfg_path = repo_file("deploy/compose").join(host);
+    envoy_validate(&cfg_path);
+    let envoy_cmd: Vec<&str> = envoy["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        envoy_cmd[envoy_cmd.iter().position(|c| *c == "-c").unwrap() + 1],
+        inside
+    );
+    let cfg: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let cluster_port = |name: &str| {
+        let c = cfg["static_resources"]["clusters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let a = get(
+            c,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address",
+        );
+        (
+            a["address"].as_str().unwrap().to_owned(),
+            a["port_value"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(
+        cluster_port("citadel_authz"),
+        (
+            "127.0.0.1".to_owned(),
+            flag("--grpc").rsplit(':').next().unwrap().parse().unwrap()
+        )
+    );
+    assert_eq!(
+        cluster_port("upstream"),
+        (
+            "127.0.0.1".to_owned(),
+            echo["environment"]["HTTP_PORT"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        )
+    );
+    let listener = get(&cfg, "static_resources.listeners.0.address.socket_address");
+    assert_eq!(
+        listener["address"].as_str(),
+        Some("0.0.0.0"),
+        "reachable through the published port"
+    );
+    let published: Vec<String> = authz["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    let envoy_port = listener["port_value"].as_u64().unwrap();
+    assert!(
+        published.contains(&format!("127.0.0.1:{envoy_port}:{envoy_port}")),
+        "{published:?}"
+    );
+    let http_port = flag("--http").rsplit(':').next().unwrap();
+    assert!(flag("--http").starts_with("0.0.0.0:"));
+    assert!(
+        published.contains(&format!("127.0.0.1:{http_port}:{http_port}")),
+        "{published:?}"
+    );
+}
+
+/// `scripts/demo-envoy.sh`, run as a user would (with the test's binary and free ports): the
+/// banner's token passes through Envoy, and stopping the script stops citadel-authz and Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_script_runs_envoy_in_front_of_dev_and_stops_both() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+
+    let (envoy_port, grpc_port, http_port, admin_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let mut cmd = Command::new(repo_file("scripts/demo-envoy.sh"));
+    cmd.args([
+        "--envoy-port",
+        &envoy_port.to_string(),
+        "--grpc-port",
+        &grpc_port.to_string(),
+        "--http-port",
+        &http_port.to_string(),
+        "--admin-port",
+        &admin_port.to_string(),
+    ])
+    .env("CITADEL_AUTHZ_BIN", authz_bin())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    /// Stops the script's whole process group, whatever happens to the test.
+    struct Group(u32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // `--`: a negative pid (the group) would otherwise read as an option.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0)])
+                .status();
+        }
+    }
+    let group = Group(child.id());
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            out.push_str(&line);
+            out.push('\n');
+            if line.contains("Ctrl-C stops both") {
+                let _ = tx.send(out.clone());
+            }
+        }
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the script printed its instructions");
+    let token = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export READER_TOKEN="))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{envoy_port}")),
+        "{out}"
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{envoy_port}").parse().unwrap();
+    let r = send(
+        addr,
+        "GET",
+        "/api/orders/42",
+        &[("authorization", &bearer(&token))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-upstream-saw-user-id"), Some("bob"));
+    assert_eq!(send(addr, "GET", "/api/orders/42", &[]).await.status, 401);
+
+    // Ctrl-C (SIGINT to the group, as a terminal sends it): both stop, the script exits.
+    Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", group.0)])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the script did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for port in [envoy_port, http_port] {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        eventually(Duration::from_secs(10), "port closed", || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+}

@@ -142,6 +142,7 @@ impl DevIssuer {
                 tenant_id: vec!["tenant_id".into()],
                 roles: vec![vec!["roles".into()]],
             },
+            introspection: None,
         }
     }
 

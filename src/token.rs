@@ -643,6 +643,7 @@ mod tests {
                     vec!["realm_access".into(), "roles".into()],
                 ],
             },
+            introspection: None,
         }
     }
 

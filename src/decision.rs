@@ -51,6 +51,14 @@ pub enum Denial {
         issuer: Arc<str>,
         retry_after_secs: u64,
     },
+    /// The introspection endpoint gave no usable answer (SPEC §9: never an allow, never a 401
+    /// that would hide an IdP outage). `cause` is short and names neither token nor secret.
+    #[error("introspection failed: {cause}")]
+    IntrospectionFailed {
+        issuer: Arc<str>,
+        cause: Arc<str>,
+        retry_after_secs: u64,
+    },
 }
 
 /// The families of denial in SPEC §4's table.
@@ -120,7 +128,9 @@ impl Denial {
             | Denial::BadMethod(_)
             | Denial::SeveralAuthorizations
             | Denial::BadRequest(_) => Outcome::BadRequest,
-            Denial::KeysUnavailable { .. } => Outcome::Unavailable,
+            Denial::KeysUnavailable { .. } | Denial::IntrospectionFailed { .. } => {
+                Outcome::Unavailable
+            }
         }
     }
 }
@@ -145,6 +155,7 @@ impl Denial {
                 T::NotYetValid | T::IssuedInFuture => "not_yet_valid",
                 T::MissingClaim(_) | T::ClaimType(_) | T::UnsafeClaim(_) => "claims",
                 T::Audience(_) => "audience",
+                T::Inactive => "inactive",
             },
             Denial::Policy(PolicyDenial::InsufficientScope) => "insufficient_scope",
             Denial::Policy(PolicyDenial::TenantMismatch) => "tenant",
@@ -156,6 +167,7 @@ impl Denial {
             Denial::BadRequest(_) => "bad_request",
             Denial::UntrustedPeer => "untrusted_peer",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
+            Denial::IntrospectionFailed { .. } => "introspection_failed",
         }
     }
 }
@@ -221,6 +233,9 @@ pub fn render_denial(denial: &Denial, realm: &str) -> DenialResponse {
         Outcome::Unavailable => {
             let secs = match denial {
                 Denial::KeysUnavailable {
+                    retry_after_secs, ..
+                }
+                | Denial::IntrospectionFailed {
                     retry_after_secs, ..
                 } => *retry_after_secs,
                 _ => 5,
@@ -378,6 +393,29 @@ mod tests {
         assert_eq!((r.status, r.grpc_code), (503, 14));
         assert!(r.headers.contains(&("retry-after", "7".to_owned())));
         assert!(!r.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+    }
+
+    #[test]
+    fn introspection_denials_are_401_inactive_and_503_failed_with_retry_after() {
+        let r = render_denial(&Denial::InvalidToken(TokenError::Inactive), "citadel");
+        assert_eq!((r.status, r.grpc_code), (401, 16));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "token is not active");
+        let failed = Denial::IntrospectionFailed {
+            issuer: "iam".into(),
+            cause: "the endpoint answered status 500".into(),
+            retry_after_secs: 3,
+        };
+        let r = render_denial(&failed, "citadel");
+        assert_eq!((r.status, r.grpc_code), (503, 14));
+        assert!(r.headers.contains(&("retry-after", "3".to_owned())));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            failed.log_reason(),
+            "introspection failed: the endpoint answered status 500"
+        );
+        assert_eq!(failed.reason_code(), "introspection_failed");
     }
 
     #[test]

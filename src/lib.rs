@@ -22,6 +22,7 @@ pub mod decision;
 pub mod dev;
 pub mod grpc;
 pub mod http;
+pub mod introspection;
 pub mod jwks;
 pub mod keys;
 pub mod lint;

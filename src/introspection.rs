@@ -51,8 +51,9 @@ pub enum Answer {
     Inactive,
 }
 
-/// Why no well-formed answer came (a 503). The text names neither token nor secret, and a URL in
-/// it is redacted.
+/// Why no well-formed answer came (a 503). The text goes to the client as the denial's reason,
+/// so it names neither token nor secret nor the endpoint URL (the log line has the URL,
+/// redacted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Failure(pub Arc<str>);
@@ -245,7 +246,8 @@ impl Introspector {
         self.metrics
             .record_introspection(&self.issuer_name, outcome);
         if let Err(e) = &result {
-            tracing::warn!(issuer = %self.issuer_name, error = %e, "introspection failed");
+            let endpoint = self.endpoint.get().map(|u| redact_url(u));
+            tracing::warn!(issuer = %self.issuer_name, endpoint, error = %e, "introspection failed");
         }
         result
     }
@@ -268,15 +270,14 @@ impl Introspector {
         if let Some(basic) = basic {
             request = request.header(reqwest::header::AUTHORIZATION, basic);
         }
-        let shown = redact_url(endpoint);
         let resp = request
             .body(body)
             .send()
             .await
-            .map_err(|e| self.transport_failure(&shown, e))?;
+            .map_err(|e| self.transport_failure(e))?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(Failure::new(format!(
-                "POST {shown}: the endpoint answered status {}",
+                "the endpoint answered status {}",
                 resp.status().as_u16()
             )));
         }
@@ -284,13 +285,13 @@ impl Introspector {
             .await
             .map_err(|e| match e {
                 Capped::TooLarge => Failure::new(format!(
-                    "POST {shown}: the answer is larger than {MAX_ANSWER_BYTES} bytes"
+                    "the answer is larger than {MAX_ANSWER_BYTES} bytes"
                 )),
-                Capped::Transport(e) => self.transport_failure(&shown, e),
+                Capped::Transport(e) => self.transport_failure(e),
             })?;
         judge(&body, &self.rules, &self.issuer_name, now)
             .map(Arc::new)
-            .map_err(|why| Failure::new(format!("POST {shown}: {why}")))
+            .map_err(Failure::new)
     }
 
     /// The form body (`token=…&token_type_hint=access_token`, plus the client credentials for
@@ -318,17 +319,18 @@ impl Introspector {
         (form.finish(), basic)
     }
 
-    fn transport_failure(&self, shown: &str, e: reqwest::Error) -> Failure {
+    fn transport_failure(&self, e: reqwest::Error) -> Failure {
         if e.is_timeout() {
             return Failure::new(format!(
-                "POST {shown}: no answer within {}",
+                "no answer within {}",
                 humantime::format_duration(self.config.timeout)
             ));
         }
-        // `without_url`: the URL (with a possible query) is shown redacted instead. The chain
-        // says what failed (`tcp connect error: Connection refused`), not only "request error".
+        // `without_url`: the endpoint is not the client's business (the log line names it). The
+        // chain says what failed (`tcp connect error: Connection refused`), not only "error
+        // sending request".
         let e = e.without_url();
-        let mut text = format!("POST {shown}");
+        let mut text = String::from("cannot reach the endpoint");
         let mut src: Option<&dyn std::error::Error> = Some(&e);
         while let Some(inner) = src {
             let part = inner.to_string();
@@ -348,8 +350,7 @@ impl Introspector {
             "{}/.well-known/openid-configuration",
             self.rules.issuer.trim_end_matches('/')
         );
-        let shown = redact_url(&url);
-        let fail = |m: String| Failure::new(format!("discovery {shown}: {m}"));
+        let fail = |m: String| Failure::new(format!("discovery: {m}"));
         fetch_url_allowed(&url, self.rules.allow_http).map_err(|_| fail("URL refused".into()))?;
         let resp = client
             .get(&url)
@@ -377,10 +378,7 @@ impl Introspector {
             .and_then(Value::as_str)
             .ok_or_else(|| fail("no introspection_endpoint".into()))?;
         fetch_url_allowed(endpoint, self.rules.allow_http).map_err(|_| {
-            fail(format!(
-                "introspection_endpoint {} refused (https unless loopback or allow_http)",
-                redact_url(endpoint)
-            ))
+            fail("introspection_endpoint refused (https unless loopback or allow_http)".into())
         })?;
         Ok(endpoint.to_owned())
     }

@@ -1050,3 +1050,55 @@ async fn through_envoy_and_forward_auth_and_no_token_or_secret_in_the_log() {
     let signature = jwt.rsplit('.').next().unwrap();
     assert!(!log.contains(signature), "JWT signature in the log");
 }
+
+// ---------------------------------------------------------------------------------------------
+// check-config --online.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_tries_one_introspection_call_and_never_prints_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = start_idp(dir.path()).await;
+    let run = |secret: &'static str| {
+        let path = dir.path().join(format!("config-{secret}.yaml"));
+        std::fs::write(
+            &path,
+            config(
+                &idp.issuer(),
+                "client_id: citadel-authz\nclient_secret_env: CITADEL_TEST_INTROSPECTION_SECRET",
+            ),
+        )
+        .unwrap();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new(authz_bin())
+                    .args(["check-config", "--online", "--config"])
+                    .arg(&path)
+                    .env("CITADEL_TEST_INTROSPECTION_SECRET", secret)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!text.contains(secret), "the secret was printed: {text}");
+            (out.status.code(), text)
+        }
+    };
+    let (code, text) = run("secret-citadel-authz").await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("issuers[0] (iam) introspection: ok: answered active: false"),
+        "{text}"
+    );
+    // The IdP refuses the client: the endpoint did not answer as RFC 7662 says.
+    let (code, text) = run("wrong-secret-value").await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("issuers[0] (iam) introspection: failed: the endpoint answered status 401"),
+        "{text}"
+    );
+}

@@ -86,6 +86,8 @@ pub struct Introspector {
     cache: Option<quick_cache::sync::Cache<TokenHash, Arc<Entry>>>,
     key: Option<(u64, u64)>,
     inflight: Mutex<HashMap<TokenHash, watch::Receiver<Option<CallResult>>>>,
+    /// [`MAX_IN_FLIGHT`] (a field so that a test can make it small).
+    max_in_flight: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -131,6 +133,7 @@ impl Introspector {
             cache,
             key,
             inflight: Mutex::new(HashMap::new()),
+            max_in_flight: MAX_IN_FLIGHT,
             metrics,
         })
     }
@@ -173,9 +176,10 @@ impl Introspector {
             let mut inflight = self.lock();
             match inflight.get(&hash) {
                 Some(rx) => rx.clone(),
-                None if inflight.len() >= MAX_IN_FLIGHT => {
+                None if inflight.len() >= self.max_in_flight => {
                     return Err(Failure::new(format!(
-                        "more than {MAX_IN_FLIGHT} introspection calls in flight"
+                        "more than {} introspection calls in flight",
+                        self.max_in_flight
                     )));
                 }
                 None => {
@@ -602,6 +606,58 @@ mod tests {
             active_err(r#"{"active": true, "aud": "api", "scope": "a\"b"}"#),
             UnsafeClaim("roles")
         );
+    }
+
+    /// A loopback server that accepts connections and never answers.
+    async fn silent_endpoint() -> (tokio::net::TcpListener, String) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/introspect", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_are_bounded_and_a_joined_call_is_not_counted_twice() {
+        let (listener, url) = silent_endpoint().await;
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let mut r = rules();
+        if let Some(i) = r.introspection.as_mut() {
+            i.endpoint = Some(url);
+            i.timeout = Duration::from_millis(400);
+        }
+        let mut intro = Introspector::new(&r, 10, Arc::new(Metrics::new())).unwrap();
+        intro.max_in_flight = 2;
+        let intro = Arc::new(intro);
+        let a = tokio::spawn({
+            let i = Arc::clone(&intro);
+            async move { i.introspect("token-a", NOW).await }
+        });
+        let b = tokio::spawn({
+            let i = Arc::clone(&intro);
+            async move { i.introspect("token-b", NOW).await }
+        });
+        // Let both calls start (each registers its slot, then waits on the silent server).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(intro.lock().len(), 2);
+        let c = intro.introspect("token-c", NOW).await;
+        assert_eq!(
+            c,
+            Err(Failure::new("more than 2 introspection calls in flight"))
+        );
+        // The same token as a call in flight joins it instead of being refused.
+        let joined = intro.introspect("token-a", NOW).await;
+        let timeout = Err(Failure::new("no answer within 400ms"));
+        assert_eq!(joined, timeout);
+        assert_eq!(a.await.unwrap(), timeout);
+        assert_eq!(b.await.unwrap(), timeout);
+        // The slots are free again, and failures were not cached.
+        assert!(intro.lock().is_empty());
+        assert_eq!(intro.cache.as_ref().map(|c| c.len()), Some(0));
+        held.abort();
     }
 
     proptest::proptest! {

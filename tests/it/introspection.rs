@@ -333,7 +333,7 @@ async fn concurrent_checks_of_a_token_share_one_introspection_call() {
     let idp = start_idp(dir.path()).await;
     let proxy = CountingProxy::start(
         format!("{}/token/introspection", idp.issuer()),
-        Duration::from_millis(300),
+        Duration::from_millis(500),
     )
     .await;
     let server = Arc::new(
@@ -363,6 +363,11 @@ async fn concurrent_checks_of_a_token_share_one_introspection_call() {
         assert_eq!(c.await.unwrap(), 200);
     }
     assert_eq!(proxy.calls(), 1, "50 concurrent checks of one token");
+    // Checks that found no cached answer either made the call or joined it: more than one means
+    // they really overlapped the call (not merely arrived after it and hit the cache).
+    let m = server.metrics().await;
+    let misses = metric(&m, "citadel_authz_introspection_cache_misses_total", &[]);
+    assert!(misses >= 2.0, "no check overlapped the call: {m}");
 
     // 10 distinct new tokens, 20 concurrent checks each, interleaved: 10 calls.
     let mut tokens = Vec::new();
@@ -405,8 +410,10 @@ enum Answer {
     Raw(&'static str),
     Status(u16),
     Hang,
-    /// A 10 MB JSON body (a string member padded out).
+    /// A 10 MB JSON body (a string member padded out), with a Content-Length.
     Huge,
+    /// The same streamed in chunks, without a Content-Length.
+    HugeChunked,
     /// Per token: tokens in the set are inactive, every other is active with `claims`.
     RevocationList(Value),
 }
@@ -425,6 +432,8 @@ struct Hostile {
     revoked: Arc<Mutex<Vec<String>>>,
     last: Arc<Mutex<Seen>>,
     calls: Arc<AtomicU64>,
+    /// The 10 MB body, built once so that answering it is instant (only its size is on trial).
+    huge: Bytes,
 }
 
 impl Hostile {
@@ -436,6 +445,10 @@ impl Hostile {
             revoked: Arc::default(),
             last: Arc::default(),
             calls: Arc::default(),
+            huge: Bytes::from(format!(
+                r#"{{"active": true, "aud": "api", "pad": "{}"}}"#,
+                "x".repeat(10 * 1024 * 1024)
+            )),
         };
         let app = Router::new()
             .route("/introspect", post(hostile_answer))
@@ -481,8 +494,16 @@ async fn hostile_answer(State(h): State<Hostile>, headers: HeaderMap, body: Stri
             unreachable!()
         }
         Answer::Huge => {
-            let pad = "x".repeat(10 * 1024 * 1024);
-            json(json!({"active": true, "aud": "api", "pad": pad}))
+            ([(header::CONTENT_TYPE, "application/json")], h.huge.clone()).into_response()
+        }
+        Answer::HugeChunked => {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = h
+                .huge
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let body = axum::body::Body::from_stream(tokio_stream::iter(chunks));
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Answer::RevocationList(claims) => {
             let token = url::form_urlencoded::parse(body.as_bytes())
@@ -513,7 +534,7 @@ issuers:
       endpoint: {endpoint}
       client_id: "citadel authz"
       client_secret_file: {secret}
-      timeout: 500ms
+      timeout: 1s
 {extra}
 policy:
 {POLICY}
@@ -623,10 +644,16 @@ async fn hostile_answers_get_the_status_section_9_says() {
         ("201", Answer::Status(201), 503, "status 201"),
         ("10 MB body", Answer::Huge, 503, "larger than 65536 bytes"),
         (
+            "10 MB chunked body",
+            Answer::HugeChunked,
+            503,
+            "larger than 65536 bytes",
+        ),
+        (
             "hang past the timeout",
             Answer::Hang,
             503,
-            "no answer within 500ms",
+            "no answer within 1s",
         ),
         (
             "inactive",

@@ -730,6 +730,18 @@ async fn hostile_answers_get_the_status_section_9_says() {
         assert!(!got.contains(&token), "{name}: the reason names the token");
     }
 
+    // Never sent to the IdP: a value over limits.max_token_bytes (401 before anything else), and
+    // a value with exactly two dots, which is a JWT and refused as one.
+    hostile.set(Answer::Json(good.clone()));
+    let calls = hostile.calls();
+    let resp = server.check_token("/api/orders/1", &"o".repeat(9000)).await;
+    assert_eq!(status_of(&resp), 401);
+    assert_eq!(body_of(&resp)["reason"], "token is larger than 8192 bytes");
+    let resp = server.check_token("/api/orders/1", "not.a.jwt").await;
+    assert_eq!(status_of(&resp), 401);
+    assert_eq!(body_of(&resp)["error"], "invalid_token");
+    assert_eq!(hostile.calls(), calls);
+
     // Connection refused: 503.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();

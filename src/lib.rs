@@ -9,7 +9,8 @@
 //!
 //! Layout: a pure core — [`config`] (YAML → validated config), [`policy`] (rules, canonical
 //! paths), [`token`] (JWT → identity), [`keys`] (JWKS → key set), [`decision`] (outcomes and their
-//! wire form) — joined by [`authorizer`]; I/O at the edges — [`jwks`] (fetching), [`grpc`] and
+//! wire form) — joined by [`authorizer`]; I/O at the edges — [`jwks`] (fetching), [`introspection`]
+//! (RFC 7662, opaque tokens and revocation), [`grpc`] and
 //! [`http`] (adapters), [`server`] (listeners, lifecycle), [`conn`] (connection bounds), [`dev`]
 //! (the demo issuer).
 

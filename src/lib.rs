@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod decision;
 pub mod dev;
+pub mod dev_opaque;
 pub mod grpc;
 pub mod http;
 pub mod introspection;

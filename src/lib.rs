@@ -11,7 +11,8 @@
 //! - [`core`]: pure — config (YAML → validated), policy, token, keys, identity, membership
 //!   semantics ([`core::tenancy`]), decision and its wire form. No network, no tokio, no clock.
 //! - [`sources`]: facts from outside, each with its fetch, cache, single flight and staleness —
-//!   [`sources::jwks`], [`sources::membership`] (file, PostgreSQL). Import `core` only.
+//!   [`sources::jwks`], [`sources::introspection`] (RFC 7662), [`sources::membership`] (file,
+//!   PostgreSQL). Import `core` only.
 //! - [`serve`]: the [`serve::authorizer`] joining core and sources per check, the gRPC and HTTP
 //!   adapters, listeners and connection bounds, TLS, reload, metrics, decision log.
 //! - [`dev`]: the demo issuer and personas; [`cli`]: `check` and `check-config --online`.

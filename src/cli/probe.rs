@@ -2,11 +2,15 @@
 //! (discovery if configured, then the JWKS), and say what came back.
 //!
 //! Uses the server's own fetch code so that what passes here is what `serve` gets; one attempt
-//! per issuer, no retries, bounded by `jwks.fetch_timeout`.
+//! per issuer, no retries, bounded by `jwks.fetch_timeout`. An issuer with `introspection` also
+//! gets one introspection call with a made-up token (SPEC §9 / issue 11): any well-formed RFC
+//! 7662 answer — `active: false` is the expected one — is a success; the call is bounded by the
+//! introspection `timeout`.
 
 use std::sync::Arc;
 
 use crate::core::config::{Config, JwksSource};
+use crate::sources::introspection::{Answer, Introspector};
 use crate::sources::jwks::{IssuerKeys, http_client};
 
 /// What one issuer's IdP answered.
@@ -52,7 +56,35 @@ pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
                 }
             }
         };
-        out.push(IssuerProbe { label, result });
+        out.push(IssuerProbe {
+            label: label.clone(),
+            result,
+        });
+        if let Some(intro) = Introspector::new(issuer, 0, Arc::new(())) {
+            out.push(IssuerProbe {
+                label: format!("{label} introspection"),
+                result: introspection(Arc::new(intro)).await,
+            });
+        }
     }
     out
+}
+
+/// One call with a token no IdP issued: the endpoint must answer as RFC 7662 says.
+async fn introspection(intro: Arc<Introspector>) -> Result<String, String> {
+    let mut nonce = [0u8; 12];
+    // The token only has to be one the IdP never issued; a failed RNG leaves a fixed one.
+    let _ = aws_lc_rs::rand::fill(&mut nonce);
+    let token: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("citadel-authz-check-config-{token}");
+    match intro.introspect(&token, crate::serve::authorizer::unix_now()).await {
+        Ok(answer) => match *answer {
+            Answer::Inactive => Ok("ok: answered active: false for a made-up token".to_owned()),
+            Answer::Active(_) => Ok(
+                "answered active: true for a made-up token (the endpoint answers, but check that it really judges tokens)"
+                    .to_owned(),
+            ),
+        },
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -144,6 +144,21 @@ struct RawIssuer {
     leeway: Option<Duration>,
     token_types: Vec<String>,
     claims: RawClaims,
+    introspection: Option<RawIntrospection>,
+}
+
+/// `issuers[*].introspection` as written (SPEC §9).
+#[derive(Debug, Default)]
+struct RawIntrospection {
+    endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    auth_method: Option<ClientAuth>,
+    tokens: Option<IntrospectTokens>,
+    cache_ttl: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -550,9 +565,28 @@ fn read_issuer(value: &Value, at: &str, issues: &mut Issues) -> Option<RawIssuer
                 raw
             })
             .unwrap_or_default(),
+        introspection: f
+            .section("introspection", issues)
+            .map(|f| read_introspection(f, issues)),
     };
     f.finish(issues);
     Some(raw)
+}
+
+fn read_introspection(mut f: Fields<'_>, issues: &mut Issues) -> RawIntrospection {
+    let raw = RawIntrospection {
+        endpoint: f.string("endpoint", issues),
+        client_id: f.string("client_id", issues),
+        client_secret_env: f.string("client_secret_env", issues),
+        client_secret_file: f.string("client_secret_file", issues).map(PathBuf::from),
+        auth_method: f.get("auth_method", issues),
+        tokens: f.get("tokens", issues),
+        cache_ttl: f.duration("cache_ttl", issues),
+        negative_ttl: f.duration("negative_ttl", issues),
+        timeout: f.duration("timeout", issues),
+    };
+    f.finish(issues);
+    raw
 }
 
 fn read_jwks(mut f: Fields<'_>, issues: &mut Issues) -> RawJwks {
@@ -690,6 +724,75 @@ pub struct IssuerConfig {
     /// Lower-cased, `application/` prefix removed; empty = any.
     pub token_types: Vec<String>,
     pub claims: ClaimPaths,
+    /// RFC 7662 introspection (SPEC §9); at most one issuer has it.
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// How citadel-authz authenticates to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-encoded id and secret.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// Which tokens an issuer introspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectTokens {
+    /// Only Bearer values that are not JWTs.
+    Opaque,
+    /// Opaque tokens, and JWTs after their own checks (revocation).
+    All,
+}
+
+/// A secret (a client secret, a database connection string): read at load, never printed. Debug and
+/// Display show `<redacted>`, so the secret cannot reach a log line, an error or `check-config`
+/// output through a formatted config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(std::sync::Arc<str>);
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Secret(std::sync::Arc::from(value))
+    }
+
+    /// The secret itself, for the one place that uses it (the introspection request, the
+    /// database connection).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `issuers[*].introspection`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntrospectionConfig {
+    /// `None`: read `introspection_endpoint` from the issuer's discovery document.
+    pub endpoint: Option<String>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: ClientAuth,
+    pub tokens: IntrospectTokens,
+    /// An active answer is reused at most this long (never past its `exp`); 0 = not reused.
+    pub cache_ttl: Duration,
+    /// An inactive (or refused) answer is reused this long; 0 = not reused.
+    pub negative_ttl: Duration,
+    /// The whole introspection call (connect, request, answer).
+    pub timeout: Duration,
 }
 
 /// Dotted paths into the token payload.
@@ -798,34 +901,6 @@ pub struct PostgresConfig {
     pub notify_channel: Option<String>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
-}
-
-/// A secret (connection string, client secret): `Debug` and `Display` print `<redacted>`, so it
-/// cannot reach a log line, an error or `check-config` output by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    /// The value, for the one place that must use it (the connection itself).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -948,9 +1023,10 @@ impl Config {
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         let mut names = HashSet::new();
         let mut iss_values = HashSet::new();
+        let mut issuer_indices = Vec::with_capacity(raw.issuers.len());
         for (i, raw_issuer) in raw.issuers {
             let at = format!("issuers[{i}]");
-            if let Some(issuer) = validate_issuer(raw_issuer, i, &at, &mut issues) {
+            if let Some(issuer) = validate_issuer(raw_issuer, i, &at, base_dir, &mut issues) {
                 if !names.insert(issuer.name.clone()) {
                     issues.push(
                         format!("{at}.name"),
@@ -960,7 +1036,27 @@ impl Config {
                 if !iss_values.insert(issuer.issuer.clone()) {
                     issues.push(format!("{at}.issuer"), "duplicate issuer URL");
                 }
+                issuer_indices.push(i);
                 issuers.push(issuer);
+            }
+        }
+
+        // SPEC §9: an opaque token names no issuer, so exactly one may introspect it.
+        let introspecting: Vec<(usize, &IssuerConfig)> = issuer_indices
+            .iter()
+            .zip(&issuers)
+            .filter(|(_, c)| c.introspection.is_some())
+            .map(|(i, c)| (*i, c))
+            .collect();
+        if let [(first, a), rest @ ..] = introspecting.as_slice() {
+            for (i, b) in rest {
+                issues.push(
+                    format!("issuers[{i}].introspection"),
+                    format!(
+                        "only one issuer may have introspection (opaque tokens name no issuer): issuers[{first}] ({}) and issuers[{i}] ({}) both do",
+                        a.name, b.name
+                    ),
+                );
             }
         }
 
@@ -1373,7 +1469,7 @@ fn validate_postgres(raw: RawPostgres, issues: &mut Issues) -> Option<PostgresCo
     );
     let (url, url_source) = url?;
     Some(PostgresConfig {
-        url: Secret::new(url),
+        url: Secret::new(&url),
         url_source,
         query,
         notify_channel: raw.notify_channel,
@@ -1663,6 +1759,7 @@ fn validate_issuer(
     raw: RawIssuer,
     index: usize,
     at: &str,
+    base_dir: &Path,
     issues: &mut Issues,
 ) -> Option<IssuerConfig> {
     let before = issues.0.len();
@@ -1777,6 +1874,17 @@ fn validate_issuer(
         },
     };
 
+    let introspection = raw.introspection.and_then(|r| {
+        validate_introspection(
+            r,
+            raw.discovery,
+            raw.allow_http,
+            &format!("{at}.introspection"),
+            base_dir,
+            issues,
+        )
+    });
+
     (issues.0.len() == before).then_some(IssuerConfig {
         name,
         issuer,
@@ -1787,7 +1895,126 @@ fn validate_issuer(
         leeway,
         token_types,
         claims,
+        introspection,
     })
+}
+
+/// `issuers[*].introspection`: the endpoint follows the JWKS URL rules (§5), the secret is read
+/// now (a missing variable or file is a config error, not a 503 at the first opaque token), and
+/// every duration is bounded.
+fn validate_introspection(
+    raw: RawIntrospection,
+    discovery: bool,
+    allow_http: bool,
+    at: &str,
+    base_dir: &Path,
+    issues: &mut Issues,
+) -> Option<IntrospectionConfig> {
+    let before = issues.0.len();
+    match &raw.endpoint {
+        Some(url) => check_fetch_url(url, allow_http, &format!("{at}.endpoint"), issues),
+        None if discovery => {}
+        None => issues.push(
+            format!("{at}.endpoint"),
+            "required unless the issuer has `discovery: true` (introspection_endpoint)",
+        ),
+    }
+    let client_id = match raw.client_id {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            issues.push(format!("{at}.client_id"), "required");
+            String::new()
+        }
+    };
+    let secret = match (raw.client_secret_env, raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                format!("{at}.client_secret_env"),
+                "give either client_secret_env or client_secret_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            issues.push(
+                format!("{at}.client_secret_env"),
+                "required: client_secret_env (an environment variable) or client_secret_file",
+            );
+            None
+        }
+        // The message names the variable or file, never its content.
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(&v)),
+            Ok(_) => {
+                issues.push(
+                    format!("{at}.client_secret_env"),
+                    format!("environment variable {var} is empty"),
+                );
+                None
+            }
+            Err(_) => {
+                issues.push(
+                    format!("{at}.client_secret_env"),
+                    format!("environment variable {var} is not set (or not UTF-8)"),
+                );
+                None
+            }
+        },
+        (None, Some(file)) => {
+            let path = base_dir.join(&file);
+            match std::fs::read_to_string(&path) {
+                // A trailing newline is how editors and `echo` write files, not part of a secret.
+                Ok(text) if !text.trim_end_matches(['\n', '\r']).is_empty() => {
+                    Some(Secret::new(text.trim_end_matches(['\n', '\r'])))
+                }
+                Ok(_) => {
+                    issues.push(
+                        format!("{at}.client_secret_file"),
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    issues.push(
+                        format!("{at}.client_secret_file"),
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let cache_ttl = bounded(
+        format!("{at}.cache_ttl"),
+        raw.cache_ttl,
+        MINUTE,
+        Duration::ZERO..=HOUR,
+        issues,
+    );
+    let negative_ttl = bounded(
+        format!("{at}.negative_ttl"),
+        raw.negative_ttl,
+        Duration::from_secs(10),
+        Duration::ZERO..=HOUR,
+        issues,
+    );
+    let timeout = bounded(
+        format!("{at}.timeout"),
+        raw.timeout,
+        Duration::from_secs(2),
+        MS * 10..=MINUTE,
+        issues,
+    );
+    let config = IntrospectionConfig {
+        endpoint: raw.endpoint,
+        client_id,
+        client_secret: secret?,
+        auth_method: raw.auth_method.unwrap_or(ClientAuth::ClientSecretBasic),
+        tokens: raw.tokens.unwrap_or(IntrospectTokens::Opaque),
+        cache_ttl,
+        negative_ttl,
+        timeout,
+    };
+    (issues.0.len() == before).then_some(config)
 }
 
 fn claim_path(path: &str, at: &str, issues: &mut Issues) -> Vec<String> {
@@ -2481,5 +2708,138 @@ policy:
         assert!(load("\u{0}\u{1}[[[").is_err());
         assert!(load("").is_err());
         assert!(load("- a\n- b").is_err());
+    }
+
+    /// BASE with an `introspection` section on its issuer (`body` indented under it).
+    fn with_introspection(body: &str) -> String {
+        let body: String = body.lines().map(|l| format!("      {l}\n")).collect();
+        BASE.replace(
+            "    audiences: [https://api.example.com]\n",
+            &format!("    audiences: [https://api.example.com]\n    introspection:\n{body}"),
+        )
+    }
+
+    #[test]
+    fn introspection_is_validated_with_defaults_and_the_secret_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "s3cr3t-value\n").unwrap();
+        let text = with_introspection(
+            "endpoint: https://iam.example.com/introspect\nclient_id: citadel\nclient_secret_file: secret.txt",
+        );
+        let c = Config::from_yaml(&text, dir.path()).unwrap();
+        let i = c.issuers[0].introspection.as_ref().unwrap();
+        assert_eq!(
+            i.client_secret.expose(),
+            "s3cr3t-value",
+            "trailing newline dropped"
+        );
+        assert_eq!(i.auth_method, ClientAuth::ClientSecretBasic);
+        assert_eq!(i.tokens, IntrospectTokens::Opaque);
+        assert_eq!(
+            (i.cache_ttl, i.negative_ttl, i.timeout),
+            (MINUTE, Duration::from_secs(10), Duration::from_secs(2))
+        );
+        let printed = format!("{c:?} {}", i.client_secret);
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+
+        // An environment variable that every test run has.
+        let text = with_introspection(
+            "endpoint: https://iam.example.com/introspect\nclient_id: citadel\nclient_secret_env: PATH\nauth_method: client_secret_post\ntokens: all\ncache_ttl: 5s\nnegative_ttl: 0s\ntimeout: 300ms",
+        );
+        let c = load(&text).unwrap();
+        let i = c.issuers[0].introspection.as_ref().unwrap();
+        assert_eq!(i.auth_method, ClientAuth::ClientSecretPost);
+        assert_eq!(i.tokens, IntrospectTokens::All);
+        assert_eq!(i.negative_ttl, Duration::ZERO);
+        assert_eq!(i.timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn introspection_problems_name_their_fields() {
+        let text = with_introspection(
+            "endpoint: http://iam.example.com/introspect\nclient_secret_env: CITADEL_TEST_SURELY_UNSET_VARIABLE\nauth_method: client_secret_jwt\ntokens: some\ncache_ttl: 2h\ntimeout: 0s\nextra: 1",
+        );
+        let err = load(&text).unwrap_err();
+        let msg = err.to_string();
+        let mut got = paths(err);
+        got.sort();
+        let at = |f: &str| format!("issuers[0].introspection.{f}");
+        let mut want = vec![
+            at("auth_method"),
+            at("tokens"),
+            at("extra"),
+            at("endpoint"),
+            at("client_id"),
+            at("client_secret_env"),
+            at("cache_ttl"),
+            at("timeout"),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{msg}");
+        assert!(
+            msg.contains("CITADEL_TEST_SURELY_UNSET_VARIABLE is not set"),
+            "{msg}"
+        );
+        assert!(msg.contains("allow_http"), "{msg}");
+
+        // No endpoint: only with discovery.
+        let text = with_introspection("client_id: c\nclient_secret_env: PATH");
+        assert_eq!(
+            paths(load(&text).unwrap_err()),
+            vec!["issuers[0].introspection.endpoint"]
+        );
+        let text = text.replace(
+            "    jwks_uri: https://iam.example.com/jwks\n",
+            "    discovery: true\n",
+        );
+        assert!(
+            load(&text).unwrap().issuers[0]
+                .introspection
+                .as_ref()
+                .unwrap()
+                .endpoint
+                .is_none()
+        );
+
+        // Both secret sources, and a secret file that is missing.
+        let text = with_introspection(
+            "endpoint: https://iam.example.com/i\nclient_id: c\nclient_secret_env: PATH\nclient_secret_file: s",
+        );
+        assert_eq!(
+            paths(load(&text).unwrap_err()),
+            vec!["issuers[0].introspection.client_secret_env"]
+        );
+        let text = with_introspection(
+            "endpoint: https://iam.example.com/i\nclient_id: c\nclient_secret_file: /nonexistent/secret",
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(
+            err.issues[0].path,
+            "issuers[0].introspection.client_secret_file"
+        );
+        assert!(err.to_string().contains("/nonexistent/secret"), "{err}");
+    }
+
+    #[test]
+    fn two_issuers_with_introspection_are_one_error_naming_both() {
+        let issuer = |name: &str, host: &str| {
+            format!(
+                "  - name: {name}\n    issuer: https://{host}\n    jwks_uri: https://{host}/jwks\n    audiences: [api]\n    introspection:\n      endpoint: https://{host}/introspect\n      client_id: c\n      client_secret_env: PATH\n"
+            )
+        };
+        let text = format!(
+            "issuers:\n{}{}{}policy:\n  rules: []\n",
+            issuer("a", "a.example.com"),
+            "  - name: b\n    issuer: https://b.example.com\n    jwks_uri: https://b.example.com/jwks\n    audiences: [api]\n",
+            issuer("c", "c.example.com"),
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(paths(err.clone()), vec!["issuers[2].introspection"]);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("issuers[0] (a)") && msg.contains("issuers[2] (c)"),
+            "{msg}"
+        );
     }
 }

@@ -64,6 +64,14 @@ pub enum Denial {
         detail: String,
         retry_after_secs: u64,
     },
+    /// The introspection endpoint gave no usable answer (SPEC §9: never an allow, never a 401
+    /// that would hide an IdP outage). `cause` is short and names neither token nor secret.
+    #[error("introspection failed: {cause}")]
+    IntrospectionFailed {
+        issuer: Arc<str>,
+        cause: Arc<str>,
+        retry_after_secs: u64,
+    },
 }
 
 /// The families of denial in SPEC §4's table.
@@ -135,9 +143,9 @@ impl Denial {
             | Denial::BadMethod(_)
             | Denial::SeveralAuthorizations
             | Denial::BadRequest(_) => Outcome::BadRequest,
-            Denial::KeysUnavailable { .. } | Denial::MembershipUnavailable { .. } => {
-                Outcome::Unavailable
-            }
+            Denial::KeysUnavailable { .. }
+            | Denial::MembershipUnavailable { .. }
+            | Denial::IntrospectionFailed { .. } => Outcome::Unavailable,
         }
     }
 }
@@ -162,6 +170,7 @@ impl Denial {
                 T::NotYetValid | T::IssuedInFuture => "not_yet_valid",
                 T::MissingClaim(_) | T::ClaimType(_) | T::UnsafeClaim(_) => "claims",
                 T::Audience(_) => "audience",
+                T::Inactive => "inactive",
             },
             Denial::Policy(PolicyDenial::InsufficientScope) => "insufficient_scope",
             Denial::Policy(PolicyDenial::TenantMismatch) => "tenant",
@@ -175,6 +184,7 @@ impl Denial {
             Denial::UntrustedPeer => "untrusted_peer",
             Denial::KeysUnavailable { .. } => "keys_unavailable",
             Denial::MembershipUnavailable { .. } => "membership_unavailable",
+            Denial::IntrospectionFailed { .. } => "introspection_failed",
         }
     }
 }
@@ -244,6 +254,9 @@ pub fn render_denial(denial: &Denial, realm: &str) -> DenialResponse {
                     retry_after_secs, ..
                 }
                 | Denial::MembershipUnavailable {
+                    retry_after_secs, ..
+                }
+                | Denial::IntrospectionFailed {
                     retry_after_secs, ..
                 } => *retry_after_secs,
                 _ => 5,
@@ -413,6 +426,29 @@ mod tests {
         // The cause is for the operator's log, not for the client.
         assert!(!r.body.contains("refused"));
         assert!(down.log_reason().contains("connection refused"));
+    }
+
+    #[test]
+    fn introspection_denials_are_401_inactive_and_503_failed_with_retry_after() {
+        let r = render_denial(&Denial::InvalidToken(TokenError::Inactive), "citadel");
+        assert_eq!((r.status, r.grpc_code), (401, 16));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "token is not active");
+        let failed = Denial::IntrospectionFailed {
+            issuer: "iam".into(),
+            cause: "the endpoint answered status 500".into(),
+            retry_after_secs: 3,
+        };
+        let r = render_denial(&failed, "citadel");
+        assert_eq!((r.status, r.grpc_code), (503, 14));
+        assert!(r.headers.contains(&("retry-after", "3".to_owned())));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(
+            failed.log_reason(),
+            "introspection failed: the endpoint answered status 500"
+        );
+        assert_eq!(failed.reason_code(), "introspection_failed");
     }
 
     #[test]

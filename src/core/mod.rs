@@ -17,4 +17,5 @@ pub mod signer;
 pub mod tenancy;
 pub mod tls_files;
 pub mod token;
+pub mod token_hash;
 pub mod yaml;

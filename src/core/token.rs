@@ -156,6 +156,9 @@ pub enum TokenError {
     Audience(Box<Mismatch>),
     #[error("claim {0} cannot be sent in a header")]
     UnsafeClaim(&'static str),
+    /// The issuer's introspection endpoint answered `active: false` (revoked, expired, unknown).
+    #[error("token is not active")]
+    Inactive,
 }
 
 impl TokenError {
@@ -326,8 +329,30 @@ impl<'t> Unverified<'t> {
         if !valid {
             return Err(TokenError::Signature);
         }
-        check_claims(&self.claims, rules, issuer_name, now)
+        check_claims(&self.claims, rules, issuer_name, now, Source::Jwt)
     }
+}
+
+/// Where a set of claims comes from: a signed JWT payload, or an RFC 7662 introspection answer
+/// (whose `iss` and `exp` are optional, SPEC §9). Everything else — audience, types and ranges,
+/// claim paths, header safety — is one code path for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Jwt,
+    Introspection,
+}
+
+/// The identity in an `active: true` introspection answer (SPEC §9): `exp` and `nbf` (if present)
+/// with leeway, `iss` (if present) equal to the issuer, `aud` containing one of the audiences,
+/// then the issuer's claim paths under the same header-safety rules as a JWT. `active` itself is
+/// the caller's to check. An answer without `exp` has `expires_at` = infinity.
+pub fn identity_from_introspection(
+    answer: &Map<String, Value>,
+    rules: &IssuerConfig,
+    issuer_name: &Arc<str>,
+    now: f64,
+) -> Result<Identity, TokenError> {
+    check_claims(answer, rules, issuer_name, now, Source::Introspection)
 }
 
 fn check_claims(
@@ -335,16 +360,25 @@ fn check_claims(
     rules: &IssuerConfig,
     issuer_name: &Arc<str>,
     now: f64,
+    source: Source,
 ) -> Result<Identity, TokenError> {
-    let iss = claims.get("iss").and_then(Value::as_str);
-    if iss != Some(rules.issuer.as_str()) {
+    let iss = claims.get("iss");
+    let iss_ok = match (iss, source) {
+        (None, Source::Introspection) => true,
+        (iss, _) => iss.and_then(Value::as_str) == Some(rules.issuer.as_str()),
+    };
+    if !iss_ok {
         return Err(TokenError::Issuer(Mismatch::new(
-            iss,
+            iss.and_then(Value::as_str),
             format!("accepted: {}", quote(&rules.issuer)),
         )));
     }
     let leeway = rules.leeway.as_secs_f64();
-    let exp = time_claim(claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    let exp = match (time_claim(claims, "exp")?, source) {
+        (Some(exp), _) => exp,
+        (None, Source::Introspection) => f64::INFINITY,
+        (None, Source::Jwt) => return Err(TokenError::MissingClaim("exp")),
+    };
     if now >= exp + leeway {
         return Err(TokenError::Expired);
     }
@@ -353,7 +387,10 @@ fn check_claims(
     {
         return Err(TokenError::NotYetValid);
     }
-    if let Some(iat) = time_claim(claims, "iat")?
+    // §9 names exp and nbf for an answer; an answer's `iat` is when the IdP issued the token,
+    // not a claim the token makes about itself, so only a JWT is held to it.
+    if source == Source::Jwt
+        && let Some(iat) = time_claim(claims, "iat")?
         && iat > now + leeway
     {
         return Err(TokenError::IssuedInFuture);
@@ -501,7 +538,14 @@ fn decode_object(part: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenError::Malformed("invalid base64url"))?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    json_object(&bytes)
+}
+
+/// A JSON object parsed as strictly as a token's header and payload: a duplicate member name
+/// anywhere is refused (parsers disagree on which one wins — an introspection answer with two
+/// `active` members must not be read as either).
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, TokenError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = match de.deserialize_any(StrictVisitor) {
         Ok(v) => v,
         Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(TokenError::DuplicateMember),
@@ -612,6 +656,7 @@ mod tests {
                     vec!["realm_access".into(), "roles".into()],
                 ],
             },
+            introspection: None,
         }
     }
 

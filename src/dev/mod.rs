@@ -13,6 +13,8 @@
 //! built-in memberships file ([`EXAMPLE_MEMBERSHIPS`]) shows the membership store (SPEC §8): a
 //! persona whose token says tenant `acme` is also `admin` in `globex` because the store says so.
 
+pub mod opaque;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -150,6 +152,9 @@ pub const PERSONAS: [Persona; 4] = [
 pub struct DevIssuer {
     key: SigningKey,
     pub issuer: String,
+    /// Opaque tokens it mints and introspects itself (`None` if no random client secret could
+    /// be made: then only JWTs).
+    opaque: Option<Arc<opaque::OpaqueTokens>>,
 }
 
 impl DevIssuer {
@@ -158,11 +163,12 @@ impl DevIssuer {
         Ok(DevIssuer {
             key: SigningKey::try_generate(Algorithm::ES256, "dev-1")?,
             issuer: format!("http://{}/dev", reachable(http)),
+            opaque: opaque::OpaqueTokens::new().map(Arc::new),
         })
     }
 
     /// The issuer's config: ES256 only, audience `citadel-dev`, `typ` at+jwt or JWT, JWKS from
-    /// this server.
+    /// this server, opaque tokens introspected at this server's `/dev/introspect`.
     pub fn issuer_config(&self) -> IssuerConfig {
         IssuerConfig {
             name: DEV_ISSUER_NAME.to_owned(),
@@ -178,10 +184,15 @@ impl DevIssuer {
                 tenant_id: vec!["tenant_id".into()],
                 roles: vec![vec!["roles".into()]],
             },
+            introspection: self
+                .opaque
+                .as_ref()
+                .map(|o| o.introspection_config(&self.issuer)),
         }
     }
 
-    /// A signed token as `req` asks, issued at `now` (seconds since the epoch).
+    /// A token as `req` asks, issued at `now` (seconds since the epoch): a signed JWT, or with
+    /// `format: opaque` a random opaque token standing for the same claims.
     pub fn mint(&self, req: &TokenRequest, now: i64) -> Result<Minted, TokenRequestError> {
         let exp = match (req.exp, req.expires_in) {
             (Some(_), Some(_)) => return Err(TokenRequestError::ExpTwice),
@@ -222,6 +233,13 @@ impl DevIssuer {
         if let Some(extra) = &req.claims {
             claims.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
+        if req.format == Some(TokenFormat::Opaque) {
+            let store = self.opaque.as_ref().ok_or(TokenRequestError::NoOpaque)?;
+            let token = store
+                .mint(claims, now)
+                .map_err(|e| TokenRequestError::Opaque(e.to_string()))?;
+            return Ok(Minted { token, exp });
+        }
         let mut head = Map::new();
         head.insert("alg".into(), json!(format!("{:?}", self.key.alg)));
         match &req.kid {
@@ -261,12 +279,17 @@ impl DevIssuer {
         self.mint(&req, now).map(|m| m.token).unwrap_or_default()
     }
 
-    /// `/dev/jwks` and `/dev/token`.
+    /// `/dev/jwks`, `/dev/token` and `/dev/introspect`.
     pub fn routes(self: Arc<Self>) -> Router {
-        Router::new()
+        let opaque = self.opaque.clone();
+        let router = Router::new()
             .route("/dev/jwks", get(jwks))
             .route("/dev/token", post(token))
-            .with_state(self)
+            .with_state(self);
+        match opaque {
+            Some(o) => router.merge(o.routes()),
+            None => router,
+        }
     }
 }
 
@@ -301,6 +324,16 @@ pub struct TokenRequest {
     kid: Option<Option<String>>,
     /// Merged into the payload last.
     claims: Option<Map<String, Value>>,
+    /// `jwt` (default) or `opaque`: a random token that the dev issuer introspects.
+    format: Option<TokenFormat>,
+}
+
+/// What `/dev/token` mints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    Jwt,
+    Opaque,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`, via `default`).
@@ -319,6 +352,10 @@ pub enum TokenRequestError {
     OutOfRange(&'static str),
     #[error("aud must be a string or an array of strings")]
     Audience,
+    #[error("opaque tokens are not available (no random secret could be made)")]
+    NoOpaque,
+    #[error("opaque token: {0}")]
+    Opaque(String),
 }
 
 impl TokenRequest {
@@ -884,10 +921,11 @@ fn render(input: &BannerInput<'_>, rt: &Runtime, shown: &Shown<'_>) -> String {
     listeners.push(vec![
         "HTTP".to_owned(),
         format!("http://{http}"),
-        "/healthz /readyz /metrics /api/iam/check-access /dev/jwks /dev/token".to_owned(),
+        "/healthz /readyz /metrics /api/iam/check-access /dev/jwks /dev/token /dev/introspect"
+            .to_owned(),
     ]);
     out.push_str(&columns(&listeners, "  "));
-    out.push_str("  (/dev/jwks and /dev/token answer loopback clients only)\n");
+    out.push_str("  (the /dev/ endpoints answer loopback clients only)\n");
 
     // The policy, as written.
     let rules = rt.config.policy.rules();
@@ -1038,7 +1076,7 @@ fn render(input: &BannerInput<'_>, rt: &Runtime, shown: &Shown<'_>) -> String {
 
     // Minting.
     out.push_str(&format!(
-        "\nMint your own (POST /dev/token; every field optional):\n  curl -s http://{http}/dev/token -d '{{\"sub\":\"carol\",\"tenant_id\":\"{OTHER_TENANT}\",\"roles\":[\"member\"]}}'\n  curl -s http://{http}/dev/token -d '{{\"sub\":\"carol\",\"expires_in\":-120}}'   # already expired\n  fields: sub, tenant_id, roles; exp (unix time) or expires_in (seconds, negative: past); nbf; aud (string or array);\n          iss; typ and kid (header; null leaves it out); claims {{…}} (merged last, replaces any claim)\n"
+        "\nMint your own (POST /dev/token; every field optional):\n  curl -s http://{http}/dev/token -d '{{\"sub\":\"carol\",\"tenant_id\":\"{OTHER_TENANT}\",\"roles\":[\"member\"]}}'\n  curl -s http://{http}/dev/token -d '{{\"sub\":\"carol\",\"expires_in\":-120}}'   # already expired\n  curl -s http://{http}/dev/token -d '{{\"format\":\"opaque\",\"sub\":\"carol\",\"roles\":[\"reader\"]}}'   # an opaque token: introspected (RFC 7662) at /dev/introspect\n  fields: format (jwt or opaque), sub, tenant_id, roles; exp (unix time) or expires_in (seconds, negative: past); nbf; aud (string or array);\n          iss; typ and kid (header; null leaves it out); claims {{…}} (merged last, replaces any claim)\n"
     ));
     out.push_str("\nCtrl-C stops the server.\n");
     out

@@ -2,19 +2,21 @@
 //!
 //! Order (SPEC §3/§4): method and canonical path (400) → first matching rule (403 if none) → public rules
 //! allow without looking at the token → bearer extraction (401/400) → issuer by exact `iss` →
-//! key set (503 if unavailable) → signature and claims (401) → the rule's issuers (403) →
-//! memberships from the store, when configured (503 if it cannot answer; SPEC §8) → tenant and
-//! roles on the effective identity (403).
-//! The only I/O is delegated: an unknown-`kid` refetch to [`crate::sources::jwks`], a membership lookup to
-//! [`crate::sources::membership`]; what a lookup means is decided in [`crate::core::tenancy`]. The configuration
-//! in force is an immutable snapshot: a check finishes on the version it started with.
+//! key set (503 if unavailable) → signature and claims (401) — or, for an opaque token, RFC 7662
+//! introspection (SPEC §9) — → the rule's issuers (403) → memberships from the store, when
+//! configured (503 if it cannot answer; SPEC §8) → tenant and roles on the effective identity (403).
+//! The only I/O is delegated: an unknown-`kid` refetch to [`crate::sources::jwks`], introspection
+//! (opaque tokens, and JWTs of a `tokens: all` issuer after their own checks) to
+//! [`crate::sources::introspection`], a membership lookup to [`crate::sources::membership`]; what a
+//! lookup means is decided in [`crate::core::tenancy`]. The configuration in force is an immutable
+//! snapshot: a check finishes on the version it started with.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::core::config::{Config, IssuerConfig};
+use crate::core::config::{Config, IntrospectTokens, IssuerConfig};
 use crate::core::decision::{Decision, Denial};
 use crate::core::identity::Identity;
 use crate::core::policy::{self, canonicalize};
@@ -23,6 +25,7 @@ use crate::core::token::{Mismatch, TokenError, Unverified, quote, quote_list};
 use crate::serve::cache::TokenCache;
 use crate::serve::metrics::{Gauges, IssuerGauge, Metrics};
 use crate::serve::telemetry::{self, Protocol};
+use crate::sources::introspection::{Answer, Introspector, RETRY_AFTER_SECS};
 use crate::sources::jwks::{IssuerKeys, Refetch};
 use crate::sources::membership::Membership;
 
@@ -65,6 +68,9 @@ pub struct Issuer {
     pub config: IssuerConfig,
     pub name: Arc<str>,
     pub keys: Arc<IssuerKeys>,
+    /// RFC 7662 introspection (SPEC §9), when configured; its answer cache lives as long as
+    /// this runtime.
+    pub introspection: Option<Arc<Introspector>>,
 }
 
 /// A configuration in force: compiled policy plus issuers with their key stores.
@@ -94,6 +100,12 @@ impl Runtime {
                 config: c.clone(),
                 name: Arc::from(c.name.as_str()),
                 keys: keys_for(c),
+                introspection: Introspector::new(
+                    c,
+                    config.token_cache.capacity,
+                    Arc::clone(&metrics) as Arc<dyn crate::sources::introspection::Observer>,
+                )
+                .map(Arc::new),
             })
             .collect();
         let cache = TokenCache::new(config.token_cache.capacity, config.token_cache.max_ttl);
@@ -390,10 +402,50 @@ fn unavailable(issuer: &Issuer) -> Denial {
     }
 }
 
+/// SPEC §9: what an introspection answer means for a check. `jwt`: the identity of a JWT that
+/// passed its own checks (then only `active` counts); `None`: an opaque token, whose identity is
+/// the answer's.
+async fn introspect(
+    intro: &Arc<Introspector>,
+    token: &str,
+    jwt: Option<Arc<Identity>>,
+    now: f64,
+) -> Result<Arc<Identity>, Denial> {
+    let answer = intro
+        .introspect(token, now)
+        .await
+        .map_err(|f| Denial::IntrospectionFailed {
+            issuer: Arc::clone(intro.issuer_name()),
+            cause: f.0,
+            retry_after_secs: RETRY_AFTER_SECS,
+        })?;
+    match (&*answer, jwt) {
+        (Answer::Inactive, _) => Err(Denial::InvalidToken(TokenError::Inactive)),
+        (Answer::Active(_), Some(identity)) => Ok(identity),
+        (Answer::Active(Ok(identity)), None) => Ok(Arc::clone(identity)),
+        (Answer::Active(Err(e)), None) => Err(Denial::InvalidToken(e.clone())),
+    }
+}
+
+/// The introspection of an issuer with `tokens: all`, which every JWT of it also passes.
+fn revocation_check(issuer: &Issuer) -> Option<&Arc<Introspector>> {
+    issuer
+        .introspection
+        .as_ref()
+        .filter(|i| i.config().tokens == IntrospectTokens::All)
+}
+
 async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, Denial> {
     let invalid = Denial::InvalidToken;
     if token.len() > rt.config.max_token_bytes {
         return Err(invalid(TokenError::TooLarge(rt.config.max_token_bytes)));
+    }
+    // SPEC §9: exactly two dots is a JWT; anything else is opaque and goes to the one issuer that
+    // introspects (config allows at most one). With none, the JWT parser below refuses it (401).
+    if token.bytes().filter(|b| *b == b'.').count() != 2
+        && let Some(intro) = rt.issuers.iter().find_map(|i| i.introspection.as_ref())
+    {
+        return introspect(intro, token, None, now).await;
     }
     let hash = rt.cache.enabled().then(|| rt.cache.hash(token));
     if let Some(hash) = &hash
@@ -407,7 +459,12 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
         // The cache never bypasses key availability (max_stale → 503) nor outlives its key.
         let loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
         if loaded.keys.has_fingerprint(hit.key_fingerprint) {
-            return Ok(Arc::clone(&hit.identity));
+            // A cached verdict never outlives the introspection rules (§9 `tokens: all`): the
+            // answer cache, with its own lifetimes, decides whether the JWT is still active.
+            return match revocation_check(issuer) {
+                Some(intro) => introspect(intro, token, Some(Arc::clone(&hit.identity)), now).await,
+                None => Ok(Arc::clone(&hit.identity)),
+            };
         }
         rt.cache.remove(hash);
     }
@@ -447,6 +504,10 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
             .verify_with(key, &issuer.config, &issuer.name, now)
             .map_err(invalid)?,
     );
+    let identity = match revocation_check(issuer) {
+        Some(intro) => introspect(intro, token, Some(identity), now).await?,
+        None => identity,
+    };
     if let Some(hash) = hash {
         let valid_until = identity.expires_at + issuer.config.leeway.as_secs_f64();
         rt.cache.insert(

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::identity::Identity;
-
-/// Keyed 128-bit hash of a token.
-pub type TokenHash = u128;
+pub use crate::core::token_hash::{TokenHash, keyed_hash, random_key};
 
 /// A cached verification verdict.
 #[derive(Debug)]
@@ -44,18 +42,11 @@ impl TokenCache {
         let inner = (capacity > 0).then(|| {
             quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX))
         });
-        let mut seed = [0u8; 16];
-        // aws-lc's CSPRNG; if it ever failed, a fixed key would still separate tokens, only
-        // collisions would become computable — so fail closed by disabling the cache instead.
-        let inner = match aws_lc_rs::rand::fill(&mut seed) {
-            Ok(()) => inner,
-            Err(_) => None,
+        // No random key: fail closed by disabling the cache.
+        let (inner, key) = match random_key() {
+            Some(key) => (inner, key),
+            None => (None, (0, 0)),
         };
-        let (k0, k1) = seed.split_at(8);
-        let key = (
-            u64::from_le_bytes(k0.try_into().unwrap_or_default()),
-            u64::from_le_bytes(k1.try_into().unwrap_or_default()),
-        );
         TokenCache {
             max_ttl,
             inner,
@@ -68,11 +59,7 @@ impl TokenCache {
     }
 
     pub fn hash(&self, token: &str) -> TokenHash {
-        use siphasher::sip128::Hasher128;
-        use std::hash::Hasher;
-        let mut h = siphasher::sip128::SipHasher24::new_with_keys(self.key.0, self.key.1);
-        h.write(token.as_bytes());
-        h.finish128().as_u128()
+        keyed_hash(self.key, token)
     }
 
     /// A live entry for this token, or `None`.

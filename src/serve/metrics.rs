@@ -72,6 +72,9 @@ pub struct Metrics {
     ready: Gauge,
     membership_lookups: Family<LookupLabels, Counter>,
     membership_available: Family<SourceLabels, Gauge>,
+    introspection_calls: Family<FetchLabels, Counter>,
+    introspection_cache_hits: Family<IssuerLabels, Counter>,
+    introspection_cache_misses: Family<IssuerLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,8 +172,30 @@ impl Metrics {
             "1 when ready: every issuer has a usable key set and the membership store (if any) has answered",
             ready.clone(),
         );
+        // SPEC §9: calls by issuer and outcome (active, inactive, error), and cache use.
+        let introspection_calls = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "introspection_calls",
+            "Introspection calls by issuer and outcome (active, inactive, error)",
+            introspection_calls.clone(),
+        );
+        let introspection_cache_hits = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "introspection_cache_hits",
+            "Introspection answers served from the cache",
+            introspection_cache_hits.clone(),
+        );
+        let introspection_cache_misses = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "introspection_cache_misses",
+            "Introspection cache misses (a call was made or joined)",
+            introspection_cache_misses.clone(),
+        );
         Metrics {
             registry,
+            introspection_calls,
+            introspection_cache_hits,
+            introspection_cache_misses,
             decisions,
             latency,
             jwks_fetches,
@@ -234,6 +259,29 @@ impl Metrics {
             .inc();
     }
 
+    /// One introspection call; `outcome` is `active`, `inactive` or `error`.
+    pub fn record_introspection(&self, issuer: &str, outcome: &'static str) {
+        self.introspection_calls
+            .get_or_create(&FetchLabels {
+                issuer: issuer.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn record_introspection_cache(&self, issuer: &str, hit: bool) {
+        let family = if hit {
+            &self.introspection_cache_hits
+        } else {
+            &self.introspection_cache_misses
+        };
+        family
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn record_reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&OutcomeLabels {
@@ -277,6 +325,16 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Introspection calls and cache lookups are counted here.
+impl crate::sources::introspection::Observer for Metrics {
+    fn call(&self, issuer: &str, outcome: &'static str) {
+        self.record_introspection(issuer, outcome);
+    }
+    fn cache(&self, issuer: &str, hit: bool) {
+        self.record_introspection_cache(issuer, hit);
     }
 }
 

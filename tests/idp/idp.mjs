@@ -17,6 +17,15 @@
 //   svc-noroles / secret-noroles ES256 tenant acme    roles []
 // Discovery is at /.well-known/openid-configuration, the key set at /jwks (both oidc-provider's).
 //
+// Opaque tokens (SPEC §9): the same clients asking for resource `urn:citadel:opaque`
+// (`resource=urn:citadel:opaque` in the token request) get an opaque access token for audience
+// `api`, carrying the same `tenant_id` and `roles` in its introspection answer. Introspection is
+// at /token/introspection, revocation at /token/revocation (RFC 7009; a client revokes its own
+// tokens). citadel-authz authenticates to introspection as `citadel-authz` / `secret-citadel-authz`
+// (client_secret_basic) or `citadel-authz-post` / `secret-citadel-authz-post` (client_secret_post).
+// oidc-provider introspects and revokes opaque tokens only: a structured (JWT) access token is
+// refused there with 400 unsupported_token_type.
+//
 // oidc-provider's development defaults (in-memory adapter) are fine here: this process lives
 // for one test. It is never meant to run anywhere but loopback.
 
@@ -27,6 +36,7 @@ import { exportJWK, generateKeyPair } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 export const RESOURCE = 'urn:citadel:api';
+export const OPAQUE_RESOURCE = 'urn:citadel:opaque';
 export const AUDIENCE = 'api';
 
 export const CLIENTS = {
@@ -86,24 +96,43 @@ const issuer = `http://127.0.0.1:${port}`;
 
 const provider = new Provider(issuer, {
   jwks,
-  clients: Object.entries(CLIENTS).map(([id, c]) => ({
-    client_id: id,
-    client_secret: c.secret,
-    grant_types: ['client_credentials'],
-    response_types: [],
-    redirect_uris: [],
-    token_endpoint_auth_method: c.auth,
-  })),
+  clients: [
+    ...Object.entries(CLIENTS).map(([id, c]) => ({
+      client_id: id,
+      client_secret: c.secret,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: c.auth,
+    })),
+    // Resource-server clients: they only introspect.
+    ...[
+      ['citadel-authz', 'secret-citadel-authz', 'client_secret_basic'],
+      ['citadel-authz-post', 'secret-citadel-authz-post', 'client_secret_post'],
+    ].map(([id, secret, auth]) => ({
+      client_id: id,
+      client_secret: secret,
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: auth,
+      introspection_endpoint_auth_method: auth,
+      revocation_endpoint_auth_method: auth,
+    })),
+  ],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
-    introspection: { enabled: false },
-    revocation: { enabled: false },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => RESOURCE,
       useGrantedResource: () => true,
       getResourceServerInfo: (_ctx, resourceIndicator, client) => {
+        if (resourceIndicator === OPAQUE_RESOURCE) {
+          return { scope: 'api', audience: AUDIENCE, accessTokenTTL: 600, accessTokenFormat: 'opaque' };
+        }
         if (resourceIndicator !== RESOURCE) {
           throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
         }

@@ -10,6 +10,7 @@ mod dev;
 mod envoy;
 mod gateways;
 mod grpc;
+mod introspection;
 mod jwks;
 mod layout;
 mod limits;

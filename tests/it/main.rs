@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod pg;
 mod support;
 
 mod cli;
@@ -12,5 +13,6 @@ mod gateways;
 mod grpc;
 mod jwks;
 mod limits;
+mod membership_pg;
 mod ops;
 mod tls;

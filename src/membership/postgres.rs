@@ -312,6 +312,14 @@ fn connect_config(pg: &PostgresConfig, app: &str) -> Result<tokio_postgres::Conf
             pg.url_source
         )
     })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        // Without this the driver's own message is an obscure "no TLS implementation configured".
+        return Err(format!(
+            "{}: sslmode=require, but TLS to PostgreSQL is not built in yet; use sslmode=disable \
+             or prefer over loopback, a unix socket or a TLS-terminating sidecar",
+            pg.url_source
+        ));
+    }
     config.connect_timeout(pg.connect_timeout);
     if config.get_application_name().is_none() {
         config.application_name(app);
@@ -850,6 +858,23 @@ mod tests {
         assert!(
             !kv.text("got kv-secret-1".to_owned())
                 .contains("kv-secret-1")
+        );
+    }
+
+    #[test]
+    fn sslmode_require_is_refused_clearly() {
+        let e = connect_config(
+            &pg("postgres://u:pw-y@127.0.0.1/db?sslmode=require"),
+            APP_NAME,
+        )
+        .unwrap_err();
+        assert!(e.contains("sslmode=require") && !e.contains("pw-y"), "{e}");
+        assert!(
+            connect_config(
+                &pg("postgres://u:pw-y@127.0.0.1/db?sslmode=prefer"),
+                APP_NAME
+            )
+            .is_ok()
         );
     }
 

@@ -552,3 +552,87 @@ async fn a_query_slower_than_connect_timeout_is_cut_and_its_connection_replaced(
     })
     .await;
 }
+
+/// The schema, query and NOTIFY triggers the README shows (keep them in step): a change to a
+/// user's rows notifies that user, TRUNCATE notifies everyone.
+pub const EXAMPLE_SCHEMA: &str = r#"
+CREATE TABLE memberships (
+  issuer  text NOT NULL,   -- the issuer's name in the config (issuers[].name)
+  subject text NOT NULL,   -- the token's user id
+  tenant  text NOT NULL,   -- a tenant id, or '*' for every tenant
+  role    text             -- NULL: member of the tenant without a role
+);
+CREATE INDEX memberships_user ON memberships (issuer, subject);
+
+CREATE FUNCTION memberships_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM pg_notify('citadel_membership', OLD.issuer || ' ' || OLD.subject);
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    PERFORM pg_notify('citadel_membership', NEW.issuer || ' ' || NEW.subject);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER memberships_notify AFTER INSERT OR UPDATE OR DELETE ON memberships
+  FOR EACH ROW EXECUTE FUNCTION memberships_notify();
+
+CREATE FUNCTION memberships_notify_all() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('citadel_membership', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER memberships_truncate AFTER TRUNCATE ON memberships
+  FOR EACH STATEMENT EXECUTE FUNCTION memberships_notify_all();
+"#;
+
+pub const EXAMPLE_QUERY: &str =
+    "SELECT tenant, role FROM memberships WHERE issuer = $1 AND subject = $2 ORDER BY tenant, role";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_schema_triggers_invalidate_on_insert_update_delete_and_truncate() {
+    let pg = PgCluster::start().await;
+    pg.exec(EXAMPLE_SCHEMA).await;
+    pg.exec("INSERT INTO memberships VALUES ('iam', 'alice', 'acme', 'admin'), ('iam', 'bob', 'globex', NULL)")
+        .await;
+    let mut config = pg_config(&pg.url());
+    config.query = EXAMPLE_QUERY.to_owned();
+    config.notify_channel = Some(CHANNEL.to_owned());
+    assert!(membership::probe(&config).await.is_ok());
+    let store = start(&settings(config));
+    store.ready().await;
+    listening(&pg).await;
+    eventually(WAIT, "alice and bob cached", || async {
+        store.lookup("alice").await;
+        store.lookup("bob").await;
+        let hits = [store.lookup("alice").await, store.lookup("bob").await];
+        hits.iter().all(|l| l.outcome == Outcome::Hit).then_some(())
+    })
+    .await;
+
+    let seen = |user: &'static str, want: Vec<(String, Option<String>)>| {
+        let store = &store;
+        async move {
+            eventually(WAIT, &format!("{user}: {want:?}"), || async {
+                (pairs(&store.lookup(user).await) == want).then_some(())
+            })
+            .await;
+        }
+    };
+    pg.exec("UPDATE memberships SET role = 'member' WHERE subject = 'alice'")
+        .await;
+    seen("alice", vec![row("acme", Some("member"))]).await;
+    pg.exec("INSERT INTO memberships VALUES ('iam', 'alice', '*', 'support')")
+        .await;
+    seen(
+        "alice",
+        vec![row("*", Some("support")), row("acme", Some("member"))],
+    )
+    .await;
+    pg.exec("DELETE FROM memberships WHERE subject = 'alice' AND tenant = 'acme'")
+        .await;
+    seen("alice", vec![row("*", Some("support"))]).await;
+    assert_eq!(store.lookup("bob").await.outcome, Outcome::Hit);
+    pg.exec("TRUNCATE memberships").await;
+    seen("bob", vec![]).await;
+}

@@ -11,7 +11,7 @@ use citadel_authz::config::{MembershipConfig, MembershipSource, PostgresConfig, 
 use citadel_authz::membership::{self, Lookup, Membership, Outcome};
 use tokio::sync::watch;
 
-use crate::pg::PgCluster;
+use crate::pg::{EXAMPLE_QUERY, EXAMPLE_SCHEMA, PgCluster};
 use crate::support::eventually;
 
 /// Memberships in insertion order; every lookup is logged in `lookup_log` (to count queries) and
@@ -552,42 +552,6 @@ async fn a_query_slower_than_connect_timeout_is_cut_and_its_connection_replaced(
     })
     .await;
 }
-
-/// The schema, query and NOTIFY triggers the README shows (keep them in step): a change to a
-/// user's rows notifies that user, TRUNCATE notifies everyone.
-pub const EXAMPLE_SCHEMA: &str = r#"
-CREATE TABLE memberships (
-  issuer  text NOT NULL,   -- the issuer's name in the config (issuers[].name)
-  subject text NOT NULL,   -- the token's user id
-  tenant  text NOT NULL,   -- a tenant id, or '*' for every tenant
-  role    text             -- NULL: member of the tenant without a role
-);
-CREATE INDEX memberships_user ON memberships (issuer, subject);
-
-CREATE FUNCTION memberships_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    PERFORM pg_notify('citadel_membership', OLD.issuer || ' ' || OLD.subject);
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    PERFORM pg_notify('citadel_membership', NEW.issuer || ' ' || NEW.subject);
-  END IF;
-  RETURN NULL;
-END $$;
-CREATE TRIGGER memberships_notify AFTER INSERT OR UPDATE OR DELETE ON memberships
-  FOR EACH ROW EXECUTE FUNCTION memberships_notify();
-
-CREATE FUNCTION memberships_notify_all() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_notify('citadel_membership', '');
-  RETURN NULL;
-END $$;
-CREATE TRIGGER memberships_truncate AFTER TRUNCATE ON memberships
-  FOR EACH STATEMENT EXECUTE FUNCTION memberships_notify_all();
-"#;
-
-pub const EXAMPLE_QUERY: &str =
-    "SELECT tenant, role FROM memberships WHERE issuer = $1 AND subject = $2 ORDER BY tenant, role";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_schema_triggers_invalidate_on_insert_update_delete_and_truncate() {

@@ -5,6 +5,9 @@
 //! PostgreSQL refuses to run as root: as root the commands run as the `postgres` user (which the
 //! Debian package creates) and the temp dir belongs to it. Binaries come from the newest
 //! `/usr/lib/postgresql/<version>/bin`, or `CITADEL_TEST_PG_BIN`.
+//!
+//! [`EXAMPLE_SCHEMA`] and [`EXAMPLE_QUERY`] are the README's example (table, query, NOTIFY
+//! triggers), for tests that want a realistic store.
 
 #![allow(dead_code)]
 
@@ -17,6 +20,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
+
+/// The schema, query and NOTIFY triggers the README shows (keep them in step): a change to a
+/// user's rows notifies that user, TRUNCATE notifies everyone.
+pub const EXAMPLE_SCHEMA: &str = r#"
+CREATE TABLE memberships (
+  issuer  text NOT NULL,   -- the issuer's name in the config (issuers[].name)
+  subject text NOT NULL,   -- the token's user id
+  tenant  text NOT NULL,   -- a tenant id, or '*' for every tenant
+  role    text             -- NULL: member of the tenant without a role
+);
+CREATE INDEX memberships_user ON memberships (issuer, subject);
+
+CREATE FUNCTION memberships_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM pg_notify('citadel_membership', OLD.issuer || ' ' || OLD.subject);
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    PERFORM pg_notify('citadel_membership', NEW.issuer || ' ' || NEW.subject);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER memberships_notify AFTER INSERT OR UPDATE OR DELETE ON memberships
+  FOR EACH ROW EXECUTE FUNCTION memberships_notify();
+
+CREATE FUNCTION memberships_notify_all() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('citadel_membership', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER memberships_truncate AFTER TRUNCATE ON memberships
+  FOR EACH STATEMENT EXECUTE FUNCTION memberships_notify_all();
+"#;
+
+pub const EXAMPLE_QUERY: &str =
+    "SELECT tenant, role FROM memberships WHERE issuer = $1 AND subject = $2 ORDER BY tenant, role";
 
 pub const ROLE: &str = "citadel";
 pub const DATABASE: &str = "policy";
@@ -125,6 +164,7 @@ impl PgCluster {
             .open(data.join("postgresql.conf"))
             .unwrap();
         std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        cluster.watchdog();
         cluster.start_again();
         let admin = cluster.superuser("postgres").await;
         // Two statements: CREATE DATABASE cannot run inside the implicit transaction of a batch.
@@ -178,6 +218,30 @@ impl PgCluster {
             "postgres://{ROLE}:{password}@127.0.0.1:{}/{DATABASE}",
             self.port
         )
+    }
+
+    /// A test killed on timeout runs no `Drop`, and the postmaster lives in a session of its own:
+    /// a detached shell stops the cluster and removes its directory once this process is gone.
+    fn watchdog(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let as_owner = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do sleep 1; done; {as_owner}'{ctl}' -D '{data}' -m immediate stop; rm -rf '{dir}'",
+            pid = std::process::id(),
+            ctl = pg_ctl.display(),
+            data = self.data().display(),
+            dir = self.dir.path().display(),
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
 
     /// `pg_ctl start -w`: the cluster (again), on the same port.

@@ -575,13 +575,15 @@ async fn run_listener(
     mut stop: Stop,
 ) {
     let mut backoff = BACKOFF_FIRST;
-    let mut listening_once = false;
     loop {
+        // Set once the LISTEN has run: only losing a working listen is worth a warning, not
+        // every failed attempt during an outage (the pool's slots report those).
+        let mut established = false;
         let ended = tokio::select! {
-            e = listen(&shared, &config, &channel, &mut listening_once, &mut backoff) => e,
+            e = listen(&shared, &config, &channel, &mut established, &mut backoff) => e,
             () = stop.wait() => return,
         };
-        if listening_once {
+        if established {
             tracing::warn!(channel = %channel, "membership store: LISTEN connection lost: {ended}; reconnecting");
         } else {
             tracing::debug!(channel = %channel, "membership store: cannot LISTEN: {ended}");
@@ -599,7 +601,7 @@ async fn listen(
     shared: &Shared,
     config: &tokio_postgres::Config,
     channel: &str,
-    listening_once: &mut bool,
+    established: &mut bool,
     backoff: &mut Duration,
 ) -> String {
     let (client, mut connection) =
@@ -631,7 +633,7 @@ async fn listen(
     // Notifications sent while we were not listening are lost: forget everything.
     shared.cache.invalidate_all();
     *backoff = BACKOFF_FIRST;
-    *listening_once = true;
+    *established = true;
     tracing::info!(channel, "membership store: listening for invalidations");
     loop {
         tokio::select! {

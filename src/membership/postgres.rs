@@ -14,8 +14,13 @@
 //!   entry, `''` drops all; every time the listen is (re-)established every entry is dropped,
 //!   since notifications may have been missed while it was down.
 //!
+//! - `sslmode=require` in the connection string: TLS with rustls, the server certificate verified
+//!   ([`tls`]); any other mode connects in plain text.
+//!
 //! The connection string holds a password: it is never logged, and every error text taken from
 //! the driver goes through [`Scrub`] before it reaches a log line or an [`Unavailable`].
+
+mod tls;
 
 use std::fmt::Write as _;
 use std::future::poll_fn;
@@ -25,9 +30,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_stream::StreamExt;
 
+use self::tls::Tls;
 use super::cache::Cache;
 use super::{Lookup, Unavailable};
 use crate::config::{MembershipConfig, PostgresConfig};
@@ -134,8 +140,8 @@ impl PgStore {
         }
         if let Some(channel) = &pg.notify_channel {
             let mut listen_config = (*config).clone();
-            if listen_config.get_application_name() == Some(APP_NAME) {
-                listen_config.application_name(APP_NAME_LISTEN);
+            if listen_config.0.get_application_name() == Some(APP_NAME) {
+                listen_config.0.application_name(APP_NAME_LISTEN);
             }
             runtime.spawn(run_listener(
                 Arc::clone(&shared),
@@ -304,39 +310,35 @@ impl Shared {
 // --- connections ---------------------------------------------------------------------------
 
 /// The driver's config for `pg`, with our connect timeout and an application name (so the
-/// operator sees us in `pg_stat_activity`) unless the connection string names one.
-fn connect_config(pg: &PostgresConfig, app: &str) -> Result<tokio_postgres::Config, String> {
+/// operator sees us in `pg_stat_activity`) unless the connection string names one, and the TLS
+/// its sslmode asks for.
+fn connect_config(pg: &PostgresConfig, app: &str) -> Result<Dial, String> {
     let mut config: tokio_postgres::Config = pg.url.expose().parse().map_err(|_| {
         format!(
             "{} is not a PostgreSQL connection string (the value is not shown)",
             pg.url_source
         )
     })?;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        // Without this the driver's own message is an obscure "no TLS implementation configured".
-        return Err(format!(
-            "{}: sslmode=require, but TLS to PostgreSQL is not built in yet; use sslmode=disable \
-             or prefer over loopback, a unix socket or a TLS-terminating sidecar",
-            pg.url_source
-        ));
-    }
+    let tls = Tls::for_config(&mut config).map_err(|e| format!("{}: {e}", pg.url_source))?;
     config.connect_timeout(pg.connect_timeout);
     if config.get_application_name().is_none() {
         config.application_name(app);
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
-type Connection =
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+type Connection = tokio_postgres::Connection<tokio_postgres::Socket, tls::Stream>;
+
+/// What a connection is made with: the driver's config and the TLS to use.
+type Dial = (tokio_postgres::Config, Tls);
 
 /// Connect within `timeout` (TCP connect, startup and authentication together).
 async fn connect(
-    config: &tokio_postgres::Config,
+    (config, tls): &Dial,
     timeout: Duration,
     scrub: &Scrub,
 ) -> Result<(Client, Connection), String> {
-    match tokio::time::timeout(timeout, config.connect(NoTls)).await {
+    match tokio::time::timeout(timeout, config.connect(tls.clone())).await {
         Ok(Ok(pair)) => Ok(pair),
         Ok(Err(e)) => Err(scrub.error(&e)),
         Err(_) => Err(format!(
@@ -384,7 +386,7 @@ async fn prepare(client: &Client, query: &str, scrub: &Scrub) -> Result<Statemen
 /// Keeps one pool connection: connect, prepare, lend, reconnect with backoff.
 async fn run_slot(
     shared: Arc<Shared>,
-    config: Arc<tokio_postgres::Config>,
+    config: Arc<Dial>,
     query: Arc<str>,
     slot: usize,
     mut stop: Stop,
@@ -568,12 +570,7 @@ impl Drop for Lease<'_> {
 
 // --- LISTEN / NOTIFY ---------------------------------------------------------------------
 
-async fn run_listener(
-    shared: Arc<Shared>,
-    config: tokio_postgres::Config,
-    channel: String,
-    mut stop: Stop,
-) {
+async fn run_listener(shared: Arc<Shared>, config: Dial, channel: String, mut stop: Stop) {
     let mut backoff = BACKOFF_FIRST;
     loop {
         // Set once the LISTEN has run: only losing a working listen is worth a warning, not
@@ -599,7 +596,7 @@ async fn run_listener(
 /// One listening connection, until it ends (the reason is returned).
 async fn listen(
     shared: &Shared,
-    config: &tokio_postgres::Config,
+    config: &Dial,
     channel: &str,
     established: &mut bool,
     backoff: &mut Duration,
@@ -684,8 +681,9 @@ fn parse_payload(payload: &str) -> Option<(&str, &str)> {
 /// Connect once, prepare the query and say what was found (or why not). Never the URL.
 pub async fn probe(pg: &PostgresConfig) -> Result<String, String> {
     let scrub = Scrub::new(pg);
-    let config = connect_config(pg, APP_NAME)?;
-    let (client, connection) = connect(&config, pg.connect_timeout, &scrub)
+    let dial = connect_config(pg, APP_NAME)?;
+    let over = if dial.1.is_on() { "TLS" } else { "plain text" };
+    let (client, connection) = connect(&dial, pg.connect_timeout, &scrub)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let mut connection = std::pin::pin!(connection);
@@ -701,7 +699,7 @@ pub async fn probe(pg: &PostgresConfig) -> Result<String, String> {
             .map(|c| format!("{} {}", c.name(), c.type_()))
             .collect();
         let mut report = format!(
-            "connected to PostgreSQL {version}; the query takes ($1 text, $2 text) and returns ({})",
+            "connected to PostgreSQL {version} over {over}; the query takes ($1 text, $2 text) and returns ({})",
             columns.join(", ")
         );
         if let Some(channel) = &pg.notify_channel {
@@ -864,20 +862,31 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_require_is_refused_clearly() {
-        let e = connect_config(
+    fn only_sslmode_require_means_tls_and_prefer_becomes_plain_text() {
+        use tokio_postgres::config::SslMode;
+        for (url, on) in [
+            ("postgres://u:p@127.0.0.1/db?sslmode=prefer", false),
+            ("postgres://u:p@127.0.0.1/db", false),
+            ("postgres://u:p@127.0.0.1/db?sslmode=disable", false),
+        ] {
+            let (config, tls) = connect_config(&pg(url), APP_NAME).unwrap();
+            assert_eq!(
+                (config.get_ssl_mode(), tls.is_on()),
+                (SslMode::Disable, on),
+                "{url}"
+            );
+        }
+        // With require, TLS is on (or, on a machine without any CA, a clear error).
+        match connect_config(
             &pg("postgres://u:pw-y@127.0.0.1/db?sslmode=require"),
             APP_NAME,
-        )
-        .unwrap_err();
-        assert!(e.contains("sslmode=require") && !e.contains("pw-y"), "{e}");
-        assert!(
-            connect_config(
-                &pg("postgres://u:pw-y@127.0.0.1/db?sslmode=prefer"),
-                APP_NAME
-            )
-            .is_ok()
-        );
+        ) {
+            Ok((config, tls)) => {
+                assert_eq!(config.get_ssl_mode(), SslMode::Require);
+                assert!(tls.is_on());
+            }
+            Err(e) => assert!(e.contains("no trusted CA") && !e.contains("pw-y"), "{e}"),
+        }
     }
 
     #[test]

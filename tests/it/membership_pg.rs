@@ -636,3 +636,92 @@ async fn a_query_that_fails_at_run_time_counts_as_the_store_not_answering() {
     pg.exec("DELETE FROM failing").await;
     assert_eq!(store.lookup("alice").await.outcome, Outcome::Miss);
 }
+
+/// The store's own connection says whether it is encrypted: the query answers tenant `tls` or
+/// `plain` from `pg_stat_ssl` for its backend.
+const TLS_QUERY: &str = "SELECT CASE WHEN ssl THEN 'tls' ELSE 'plain' END AS tenant, NULL::text AS role \
+                         FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND $1 IS NOT NULL AND $2 IS NOT NULL";
+
+/// `sslmode=require`: TLS, with the server certificate verified against the CAs in
+/// `SSL_CERT_FILE`. Run in a child process of this test binary, since the trusted CAs come from
+/// the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_speaks_tls_and_verifies_the_server_certificate() {
+    let (pg, ca) = PgCluster::start_tls().await;
+    let (_other, other_ca) = PgCluster::start_tls().await;
+    let run = |ca: &std::path::Path, url: &str, expect: &str| {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "membership_pg::tls_in_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("SSL_CERT_FILE", ca)
+            .env("CITADEL_TEST_PG_TLS_URL", url)
+            .env("CITADEL_TEST_PG_TLS_EXPECT", expect)
+            .env("CITADEL_TEST_PG_PASSWORD", &pg.password)
+            .output()
+            .unwrap()
+    };
+    let require = format!("{}?sslmode=require", pg.url());
+    for (ca, url, expect) in [
+        (&ca, require.as_str(), "tls"),
+        (&other_ca, require.as_str(), "untrusted"),
+        // Without require, plain text even though the server offers TLS.
+        (&other_ca, pg.url().as_str(), "plain"),
+    ] {
+        let out = run(ca, url, expect);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{expect}: {text}");
+        assert!(
+            text.contains("1 passed"),
+            "{expect}: the child ran no test: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by sslmode_require_speaks_tls_and_verifies_the_server_certificate"]
+async fn tls_in_child() {
+    let (Ok(url), Ok(expect), Ok(password)) = (
+        std::env::var("CITADEL_TEST_PG_TLS_URL"),
+        std::env::var("CITADEL_TEST_PG_TLS_EXPECT"),
+        std::env::var("CITADEL_TEST_PG_PASSWORD"),
+    ) else {
+        return;
+    };
+    let mut config = pg_config(&url);
+    config.query = TLS_QUERY.to_owned();
+    match expect.as_str() {
+        "untrusted" => {
+            let err = membership::probe(&config).await.unwrap_err();
+            assert!(err.contains("certificate"), "{err}");
+            assert!(!err.contains(&password), "{err}");
+            let store = start(&settings(config));
+            let e = eventually(WAIT, "the TLS failure as the reason", || async {
+                let e = store.m.lookup("iam", "alice").await.unwrap_err();
+                e.reason.contains("certificate").then_some(e)
+            })
+            .await;
+            assert!(!e.reason.contains(&password), "{}", e.reason);
+            assert!(!store.m.is_ready());
+        }
+        want => {
+            let report = membership::probe(&config).await.unwrap();
+            let over = if want == "tls" {
+                "over TLS"
+            } else {
+                "over plain text"
+            };
+            assert!(report.contains(over), "{report}");
+            let store = start(&settings(config));
+            store.ready().await;
+            assert_eq!(pairs(&store.lookup("alice").await), vec![row(want, None)]);
+        }
+    }
+}

@@ -117,6 +117,30 @@ fn random_hex() -> String {
 impl PgCluster {
     /// A running cluster with the role and database created.
     pub async fn start() -> PgCluster {
+        Self::start_with(None).await
+    }
+
+    /// A running cluster that also speaks TLS (`ssl = on`) with a server certificate for
+    /// 127.0.0.1 from a fresh CA; the CA's PEM file is returned with it.
+    pub async fn start_tls() -> (PgCluster, PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "citadel test database CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &ca).unwrap();
+        let cluster = Self::start_with(Some((cert.pem(), key.serialize_pem()))).await;
+        let ca_file = cluster.dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        (cluster, ca_file)
+    }
+
+    async fn start_with(tls: Option<(String, String)>) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("citadel-pg")
             .tempdir()
@@ -164,6 +188,23 @@ impl PgCluster {
             .open(data.join("postgresql.conf"))
             .unwrap();
         std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        if let Some((cert, key)) = tls {
+            // The server insists that its key is the server user's and private.
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .unwrap();
+                if is_root() {
+                    std::os::unix::fs::chown(&path, Some(id_of("-u")), Some(id_of("-g"))).unwrap();
+                }
+            }
+            std::io::Write::write_all(
+                &mut file,
+                b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )
+            .unwrap();
+        }
         cluster.watchdog();
         cluster.start_again();
         let admin = cluster.superuser("postgres").await;

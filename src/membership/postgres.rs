@@ -154,8 +154,8 @@ impl PgStore {
     }
 
     pub async fn lookup(&self, issuer: &str, user: &str) -> Result<Lookup, Unavailable> {
-        let cache = Arc::clone(&self.shared.cache);
-        cache
+        self.shared
+            .cache
             .lookup(issuer, user, || {
                 let shared = Arc::clone(&self.shared);
                 let (issuer, user) = (issuer.to_owned(), user.to_owned());

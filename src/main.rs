@@ -141,7 +141,7 @@ fn print_warnings(warnings: &[citadel_authz::core::config::ConfigIssue]) {
 }
 
 /// `ok` and 0, or every problem and 2; warnings never change the exit code. `online`: also ask
-/// every issuer's IdP, one line per issuer, any failure exits 2.
+/// every issuer's IdP and the membership store, one line each, any failure exits 2.
 async fn check_config(path: &Path, online: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -150,7 +150,9 @@ async fn check_config(path: &Path, online: bool) -> ExitCode {
     print_warnings(&config.warnings);
     if online {
         let mut failed = false;
-        for probe in citadel_authz::cli::probe::issuers(&config).await {
+        let mut probes = citadel_authz::cli::probe::issuers(&config).await;
+        probes.extend(citadel_authz::cli::probe::membership(&config).await);
+        for probe in probes {
             match probe.result {
                 Ok(what) => println!("{}: {what}", probe.label),
                 Err(why) => {

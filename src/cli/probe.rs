@@ -5,17 +5,18 @@
 //! per issuer, no retries, bounded by `jwks.fetch_timeout`. An issuer with `introspection` also
 //! gets one introspection call with a made-up token (SPEC §9 / issue 11): any well-formed RFC
 //! 7662 answer — `active: false` is the expected one — is a success; the call is bounded by the
-//! introspection `timeout`.
+//! introspection `timeout`. A PostgreSQL membership store is connected to and its query prepared.
 
 use std::sync::Arc;
 
-use crate::core::config::{Config, JwksSource};
+use crate::core::config::{Config, JwksSource, MembershipSource};
 use crate::sources::introspection::{Answer, Introspector};
 use crate::sources::jwks::{IssuerKeys, http_client};
+use crate::sources::membership;
 
-/// What one issuer's IdP answered.
+/// What one issuer's IdP, or the membership store, answered.
 #[derive(Debug, Clone)]
-pub struct IssuerProbe {
+pub struct Probe {
     /// `issuers[0] (iam)`.
     pub label: String,
     /// `Ok("discovery ok, JWKS ok: 2 usable keys")` or what failed.
@@ -23,7 +24,7 @@ pub struct IssuerProbe {
 }
 
 /// Fetch every issuer's key set once, in config order.
-pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
+pub async fn issuers(config: &Config) -> Vec<Probe> {
     let client = http_client(&config.jwks);
     let mut out = Vec::with_capacity(config.issuers.len());
     for (i, issuer) in config.issuers.iter().enumerate() {
@@ -56,18 +57,40 @@ pub async fn issuers(config: &Config) -> Vec<IssuerProbe> {
                 }
             }
         };
-        out.push(IssuerProbe {
+        out.push(Probe {
             label: label.clone(),
             result,
         });
         if let Some(intro) = Introspector::new(issuer, 0, Arc::new(())) {
-            out.push(IssuerProbe {
+            out.push(Probe {
                 label: format!("{label} introspection"),
                 result: introspection(Arc::new(intro)).await,
             });
         }
     }
     out
+}
+
+/// The membership store (SPEC §8), when configured: PostgreSQL is connected to once and the query
+/// prepared, as every store connection does (a query that does not prepare or returns other
+/// columns keeps the server not ready); a file was validated with the config.
+pub async fn membership(config: &Config) -> Option<Probe> {
+    let m = config.membership.as_ref()?;
+    let (label, result) = match &m.source {
+        MembershipSource::File { path, table } => (
+            "membership.file".to_owned(),
+            Ok(format!(
+                "{}: {} entries, validated with the config",
+                path.display(),
+                table.len()
+            )),
+        ),
+        MembershipSource::Postgres(pg) => (
+            format!("membership.postgres ({})", pg.url_source),
+            membership::probe(pg).await,
+        ),
+    };
+    Some(Probe { label, result })
 }
 
 /// One call with a token no IdP issued: the endpoint must answer as RFC 7662 says.

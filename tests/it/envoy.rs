@@ -1589,7 +1589,7 @@ fn dockerfile_is_multi_stage_non_root_and_ships_a_valid_config() {
 }
 
 /// Envoy (`envoy/envoy.yaml`) in front of an in-process citadel-authz, with an echo upstream.
-async fn envoy_for(authz: &InProcess) -> (Envoy, EchoUpstream) {
+pub(crate) async fn envoy_for(authz: &InProcess) -> (Envoy, EchoUpstream) {
     let upstream = EchoUpstream::start().await;
     let envoy = Envoy::start(
         "envoy/envoy.yaml",

@@ -178,6 +178,7 @@ pub async fn start(
     if config.policy.is_empty() {
         tracing::warn!("the policy has no rules: every request will be denied (403)");
     }
+    crate::serve::reload::log_warnings(&config);
     let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?));
     let mut tasks = JoinSet::new();
 

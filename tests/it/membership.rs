@@ -574,8 +574,33 @@ async fn cold_start_with_the_database_down_is_not_ready_until_it_answers() {
         status_of(&server.check_token("/api/tenants/globex/x", &alice).await),
         503
     );
+    // gRPC health (what Envoy's health checks and Kubernetes gRPC probes ask) says the same.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let serving = || {
+        let mut h = health.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+        }
+    };
+    assert_eq!(serving().await, ServingStatus::NotServing as i32);
     pg.start_again();
     server.wait_ready().await;
+    eventually(Duration::from_secs(5), "gRPC health SERVING", || async {
+        (serving().await == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
     assert_eq!(
         status_of(&server.check_token("/api/tenants/globex/x", &alice).await),
         200

@@ -37,7 +37,7 @@ LG_CONNS=2            # ... over this many HTTP/2 connections
 export ISSUER=https://iam.bench.local AUDIENCE=https://api.bench.local
 export ENVOY_PORT=28000 ENVOY_ADMIN_PORT=28001 JWKS_PORT=28080 GRPC_PORT=28191 HTTP_PORT=28192 NOOP_PORT=28393
 export INTRO_PORT=28094 PG_PORT=28432 PG_POOL=4
-STORM=10000           # #10: new users at once in the PostgreSQL storm (always 10k, also --quick)
+export STORM=10000    # #10: new users at once in the PostgreSQL storm (always 10k, also --quick)
 BURST=1000 BURST_TOKENS=10   # #11: concurrent checks of this many new opaque tokens
 export JWT_CACHE_SIZE=$((NTOK * 2)) NTOK
 ALGS=(ES256 RS256 EdDSA)
@@ -365,6 +365,18 @@ if want pg; then
     "$((lookups1 - lookups0))" "$STORM" "$((opened1 - opened0))" | tee -a "$raw" >&2
   stop "$citadel_pid"
   pg_stop
+
+  # The same storm against the membership file: what 10,000 streams at once cost without any
+  # store round trip (loadgen, HTTP/2, the server's scheduling), the storm's baseline.
+  say "storm baseline: the same $STORM checks at once with the membership file"
+  start_citadel members
+  warm "$work/fixtures/tokens-storm.txt" "$STORM"
+  t0=$(cpu_ticks "$citadel_pid")
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" --concurrency "$STORM" \
+    --connections 80 --count "$STORM" --duration 600 --timeout 30 --tokens "$work/fixtures/tokens-storm.txt" > "$work/lg.out"
+  t1=$(cpu_ticks "$citadel_pid")
+  python3 "$bench/tool.py" loadgen "$work/lg.out" storm_file 1 "$t0" "$t1" "$CLK_TCK" | tee -a "$raw" >&2
+  stop "$citadel_pid"
 fi
 
 # --- #11: opaque tokens, introspected at the suite's own RFC 7662 server ------------------------

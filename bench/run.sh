@@ -5,10 +5,12 @@
 #   bench/run.sh --quick    smoke test (a few minutes): 1 repetition × 2 s, 1k/20k tokens
 #
 # Loopback only. The load generator (wrk, examples/loadgen) is pinned to CPU 0, every server
-# (Envoy, citadel-authz, noop_authz, the JWKS file server) to CPU 1. Prints a markdown table of
-# medians, each figure with its baseline from the same run, and writes it to
-# bench/results/latest.md (raw results: bench/results/raw-latest.jsonl). Needs: cargo, python3,
-# curl, taskset; installs wrk and h2load (apt) and Envoy (scripts/install-test-deps.sh) if missing.
+# (Envoy, citadel-authz, noop_authz, the JWKS file server, the suite's PostgreSQL cluster and its
+# introspection server) to CPU 1; the cleanup trap stops all of them, also on failure or a
+# signal. Prints a markdown table of medians, each figure with its baseline from the same run,
+# and writes it to bench/results/latest.md (raw results: bench/results/raw-latest.jsonl). Needs:
+# cargo, python3, curl, taskset, PostgreSQL (/usr/lib/postgresql/*/bin or CITADEL_TEST_PG_BIN);
+# installs wrk and h2load (apt) and Envoy (scripts/install-test-deps.sh) if missing.
 set -euo pipefail
 
 mode=full
@@ -57,7 +59,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! "$envoy" --version 2>/dev/null | grep -q '/1\.40\.'; then
+# Not `grep -q`: it exits at the first match, Envoy then dies of SIGPIPE and, under pipefail, the
+# check failed and reinstalled Envoy on every run.
+if ! "$envoy" --version 2>/dev/null | grep '/1\.40\.' >/dev/null; then
   say "installing Envoy (scripts/install-test-deps.sh)"
   "$root/scripts/install-test-deps.sh"
 fi

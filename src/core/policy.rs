@@ -191,7 +191,10 @@ impl CanonicalPath {
         &self.segments
     }
 
-    /// `/a/b` (for logs).
+    /// `/a/b`, each segment percent-encoded where it must be, so that the string canonicalises
+    /// back to exactly these segments (a decoded `%3F` is a `?` in a segment, not a query; a
+    /// literal `%` stays one). Found by the `path` fuzz target: the plain join was not a fixed
+    /// point.
     pub fn to_path_string(&self) -> String {
         if self.segments.is_empty() {
             return "/".to_owned();
@@ -199,11 +202,33 @@ impl CanonicalPath {
         let mut s = String::new();
         for seg in &self.segments {
             s.push('/');
-            s.push_str(seg);
+            s.extend(percent_encoding::utf8_percent_encode(seg, SEGMENT_ESCAPES));
         }
         s
     }
 }
+
+/// What a segment's string form escapes: controls and space, what would end or split the path
+/// (`?`, `#`, `/`), what canonicalisation refuses raw (`\\`, `;`), `%` itself, and the characters
+/// RFC 3986 does not allow in a path segment. Non-ASCII is always escaped (as UTF-8).
+const SEGMENT_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b';')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 /// Turn the request target (path, maybe with `?query` / `#fragment`) into its canonical form, or
 /// refuse it (SPEC §3).
@@ -691,6 +716,28 @@ mod tests {
     fn rule_for(p: &Policy, method: &str, target: &str) -> Option<String> {
         let path = canonicalize(target).unwrap();
         p.find(method, &path).map(|m| m.rule.name.to_string())
+    }
+
+    #[test]
+    fn the_string_form_of_a_canonical_path_canonicalises_to_the_same_segments() {
+        for target in [
+            "/api/orders/x%252/2",
+            "/a%3Fb/c",
+            "/a%23b",
+            "/%E2%82%AC/x%20y",
+            "/100%25",
+            "/a:b@c/~x",
+        ] {
+            let c = canonicalize(target).unwrap();
+            let again = canonicalize(&c.to_path_string()).unwrap();
+            assert_eq!(
+                again.segments(),
+                c.segments(),
+                "{target} → {}",
+                c.to_path_string()
+            );
+        }
+        assert_eq!(canonicalize("/a%3Fb").unwrap().to_path_string(), "/a%3Fb");
     }
 
     #[test]

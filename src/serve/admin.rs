@@ -7,3 +7,182 @@
 pub mod pb {
     tonic::include_proto!("citadel.authz.v1");
 }
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::core::decision::{Decision, identity_headers, render_denial};
+use crate::serve::authorizer::{self, AuthHeader, Authorizer, CheckInput, Runtime, StepResult};
+use pb::admin_server::Admin;
+
+/// Largest Explain request accepted (method, path and headers, like a CheckRequest).
+pub const MAX_ADMIN_MESSAGE: usize = 256 * 1024;
+
+/// Run `request` through the decision core of `rt` at `now` and describe the answer, as the
+/// ext_authz and forward-auth adapters would send it. Shared by the admin listener and the
+/// offline `explain` / `test` commands, so all three say the same.
+pub async fn explain(rt: &Runtime, request: &pb::ExplainRequest, now: f64) -> pb::ExplainResponse {
+    // Header names are case-insensitive; a gateway joins repeated ones with `,`, which the
+    // decision core reads as several Authorization headers.
+    let authorization = AuthHeader::from_values(
+        request
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str()),
+    );
+    let input = CheckInput {
+        method: &request.method,
+        path: &request.path,
+        authorization,
+        rule: request
+            .context_extensions
+            .get("citadel_rule")
+            .map(String::as_str),
+    };
+    let (decision, steps) = authorizer::explain(rt, &input, now).await;
+    let steps = steps
+        .into_iter()
+        .map(|s| pb::Step {
+            name: s.name.to_owned(),
+            result: match s.result {
+                StepResult::Pass => pb::StepResult::Pass,
+                StepResult::Fail => pb::StepResult::Fail,
+                StepResult::Skip => pb::StepResult::Skip,
+            } as i32,
+            detail: s.detail,
+        })
+        .collect();
+    match decision {
+        Decision::Allow { rule, identity } => {
+            let headers = identity_headers(identity.as_deref(), &rt.config.headers)
+                .set
+                .into_iter()
+                .collect();
+            pb::ExplainResponse {
+                allowed: true,
+                rule: rule.to_string(),
+                steps,
+                identity: identity.map(|i| pb::Identity {
+                    issuer: i.issuer.to_string(),
+                    user_id: i.user_id.as_deref().map(str::to_owned),
+                    tenant_id: i.tenant_id.as_deref().map(str::to_owned),
+                    roles: i.roles.iter().map(|r| r.to_string()).collect(),
+                    expires_at: i.expires_at,
+                }),
+                http_status: 200,
+                grpc_code: 0,
+                error: String::new(),
+                reason: String::new(),
+                headers,
+            }
+        }
+        Decision::Deny { rule, denial } => {
+            let wire = render_denial(&denial, &rt.config.realm);
+            pb::ExplainResponse {
+                allowed: false,
+                rule: rule.map(|r| r.to_string()).unwrap_or_default(),
+                steps,
+                identity: None,
+                http_status: u32::from(wire.status),
+                grpc_code: wire.grpc_code,
+                error: denial.outcome().error_code().to_owned(),
+                reason: denial.to_string(),
+                headers: wire
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            }
+        }
+    }
+}
+
+/// What the server holds now. `config_version` is computed by the caller (it knows the files).
+pub fn status(authorizer: &Authorizer, config_version: String) -> pb::StatusResponse {
+    let rt = authorizer.runtime();
+    pb::StatusResponse {
+        config_version,
+        issuers: rt
+            .issuers
+            .iter()
+            .map(|i| {
+                let loaded = i.keys.current();
+                pb::IssuerStatus {
+                    name: i.name.to_string(),
+                    issuer: i.config.issuer.clone(),
+                    ready: i.keys.is_ready(),
+                    key_set_age_seconds: loaded.as_ref().map(|l| l.age().as_secs_f64()),
+                    kids: loaded
+                        .map(|l| {
+                            l.keys
+                                .keys()
+                                .iter()
+                                .map(|k| k.kid.as_deref().unwrap_or("").to_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
+        membership: rt.membership.as_ref().map(|m| pb::MembershipStatus {
+            source: m.source().to_owned(),
+            ready: m.is_ready(),
+            available: m.is_available(),
+        }),
+        token_cache_entries: rt.cache.len(),
+        ready: authorizer.readiness().is_ok(),
+    }
+}
+
+/// A hash of the configuration files as they are on disk now: the config file, and the policy
+/// and memberships files that the configuration in force names. Changes on any edit of them.
+pub fn config_version(config_path: Option<&std::path::Path>, rt: &Runtime) -> String {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new();
+    for path in [
+        config_path,
+        rt.config.policy_file.as_deref(),
+        rt.config.membership.as_ref().and_then(|m| m.file()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        h.write(path.as_os_str().as_encoded_bytes());
+        h.write_u8(0);
+        h.write(&std::fs::read(path).unwrap_or_default());
+        h.write_u8(0);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// The Admin gRPC service.
+pub struct AdminService {
+    pub authorizer: Arc<Authorizer>,
+    pub config_path: Option<PathBuf>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn explain(
+        &self,
+        request: tonic::Request<pb::ExplainRequest>,
+    ) -> Result<tonic::Response<pb::ExplainResponse>, tonic::Status> {
+        let rt = self.authorizer.runtime();
+        let answer = explain(&rt, request.get_ref(), authorizer::unix_now()).await;
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn status(
+        &self,
+        _: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        let version = config_version(self.config_path.as_deref(), &self.authorizer.runtime());
+        Ok(tonic::Response::new(status(&self.authorizer, version)))
+    }
+}
+
+/// The tonic server for [`AdminService`], with the same message bound as ext_authz.
+pub fn server(service: AdminService) -> pb::admin_server::AdminServer<AdminService> {
+    pb::admin_server::AdminServer::new(service).max_decoding_message_size(MAX_ADMIN_MESSAGE)
+}

@@ -417,3 +417,85 @@ cases:
         assert!(out.contains(field), "{bad}: want {field:?} in {out}");
     }
 }
+
+// Multi-threaded: the server must answer while this thread waits for the child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_cli_over_a_unix_admin_socket_and_the_config_version() {
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let config = dir.path().join("config.yaml");
+    let yaml = support::config_yaml(&jwks, "  refresh_min: 1s").replacen(
+        "  http: 127.0.0.1:0\n",
+        &format!("  http: 127.0.0.1:0\n  admin: unix:{}\n", socket.display()),
+        1,
+    );
+    std::fs::write(&config, &yaml).unwrap();
+    let server = InProcess::start_file(&config).await;
+    server.wait_ready().await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the admin socket is the owner's only");
+    }
+    let addr = format!("unix:{}", socket.display());
+    let token = k.mint(&claims(&jwks.issuer(), "rita", "acme", &["reader"]));
+    let run = |args: &[&str]| {
+        let out = Command::new(authz_bin())
+            .args(["explain", "--admin", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["--path", "/api/orders", "--token", &token]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ALLOW 200 (rule orders-read)"), "{out}");
+    assert!(out.contains("ok   signature and claims"), "{out}");
+    assert!(!out.contains(&token), "the trace never prints the token");
+    let (code, out) = run(&[
+        "--method",
+        "DELETE",
+        "--path",
+        "/api/orders",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL rule"), "{out}");
+
+    // The config version follows the files: an edit of the config changes it.
+    let socket_channel = citadel_authz::cli::client::endpoint(&addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AdminClient::new(socket_channel);
+    let v1 = client
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .config_version;
+    std::fs::write(&config, format!("{yaml}\n# edited\n")).unwrap();
+    let v2 = client
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .config_version;
+    assert_ne!(v1, v2);
+    server.stop().await;
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+    // Unreachable admin listener: exit 2, the cause printed.
+    let out = Command::new(authz_bin())
+        .args(["explain", "--admin", "127.0.0.1:1", "--path", "/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}

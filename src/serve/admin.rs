@@ -135,7 +135,7 @@ pub fn status(authorizer: &Authorizer, config_version: String) -> pb::StatusResp
     }
 }
 
-/// A hash of the configuration files as they are on disk now: the config file, and the policy
+/// A hash of the configuration files as they are on disk now (call it when they were loaded): the config file, and the policy
 /// and memberships files that the configuration in force names. Changes on any edit of them.
 pub fn config_version(config_path: Option<&std::path::Path>, rt: &Runtime) -> String {
     use std::hash::Hasher;
@@ -158,8 +158,40 @@ pub fn config_version(config_path: Option<&std::path::Path>, rt: &Runtime) -> St
 
 /// The Admin gRPC service.
 pub struct AdminService {
-    pub authorizer: Arc<Authorizer>,
-    pub config_path: Option<PathBuf>,
+    authorizer: Arc<Authorizer>,
+    config_path: Option<PathBuf>,
+    /// The version of the runtime in force, hashed when that runtime was first seen (at start,
+    /// and at the first Status after a reload swapped it in): a refused reload, which leaves the
+    /// runtime in force, leaves the version too, though the file on disk changed.
+    version: std::sync::Mutex<(std::sync::Weak<Runtime>, String)>,
+}
+
+impl AdminService {
+    pub fn new(authorizer: Arc<Authorizer>, config_path: Option<PathBuf>) -> Self {
+        let rt = authorizer.runtime();
+        let version = config_version(config_path.as_deref(), &rt);
+        AdminService {
+            authorizer,
+            config_path,
+            version: std::sync::Mutex::new((Arc::downgrade(&rt), version)),
+        }
+    }
+
+    fn version(&self) -> String {
+        let rt = self.authorizer.runtime();
+        // Nothing a panic could leave half-done is guarded here; go on with the value.
+        let mut v = self
+            .version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !std::ptr::eq(v.0.as_ptr(), Arc::as_ptr(&rt)) {
+            *v = (
+                Arc::downgrade(&rt),
+                config_version(self.config_path.as_deref(), &rt),
+            );
+        }
+        v.1.clone()
+    }
 }
 
 #[tonic::async_trait]
@@ -177,8 +209,10 @@ impl Admin for AdminService {
         &self,
         _: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
-        let version = config_version(self.config_path.as_deref(), &self.authorizer.runtime());
-        Ok(tonic::Response::new(status(&self.authorizer, version)))
+        Ok(tonic::Response::new(status(
+            &self.authorizer,
+            self.version(),
+        )))
     }
 }
 

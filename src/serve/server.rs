@@ -328,10 +328,10 @@ pub async fn start(
             .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
             .add_service(crate::serve::admin::server(
-                crate::serve::admin::AdminService {
-                    authorizer: Arc::clone(&authorizer),
-                    config_path: options.config_path.clone(),
-                },
+                crate::serve::admin::AdminService::new(
+                    Arc::clone(&authorizer),
+                    options.config_path.clone(),
+                ),
             ));
         let admission = Admission::new("admin", MAX_ADMIN_CONNECTIONS);
         let shutdown = wait_stop(stop_rx.clone());

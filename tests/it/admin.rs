@@ -2,6 +2,7 @@
 //! and `citadel-authz test` with its exit codes. Real server, real JWKS server, real binary.
 
 use std::process::Command;
+use std::time::Duration;
 
 use citadel_authz::serve::admin::pb::admin_client::AdminClient;
 use citadel_authz::serve::admin::pb::{ExplainRequest, ExplainResponse, StatusRequest, StepResult};
@@ -482,13 +483,45 @@ async fn explain_cli_over_a_unix_admin_socket_and_the_config_version() {
         .into_inner()
         .config_version;
     std::fs::write(&config, format!("{yaml}\n# edited\n")).unwrap();
-    let v2 = client
+    let c = &client;
+    let v2 = support::eventually(
+        Duration::from_secs(10),
+        "a new version after reload",
+        || async {
+            let v = c
+                .clone()
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .config_version;
+            (v != v1).then_some(v)
+        },
+    )
+    .await;
+    // A refused reload keeps the configuration in force, and its version.
+    std::fs::write(&config, format!("{yaml}\nnot_a_field: 1\n")).unwrap();
+    let s = &server;
+    support::eventually(
+        Duration::from_secs(10),
+        "the refused reload counted",
+        || async {
+            (support::sample(
+                &s.metrics().await,
+                "citadel_authz_config_reloads_total",
+                &[r#"outcome="error""#],
+            ) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let v3 = client
         .status(StatusRequest {})
         .await
         .unwrap()
         .into_inner()
         .config_version;
-    assert_ne!(v1, v2);
+    assert_eq!(v3, v2, "the version is that of the configuration in force");
     server.stop().await;
     assert!(!socket.exists(), "the socket file is removed on shutdown");
     // Unreachable admin listener: exit 2, the cause printed.

@@ -411,3 +411,46 @@ pub async fn main(config_path: &Path, cases_path: &Path, now: f64) -> (u8, Strin
     );
     (u8::from(missed > 0), out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> IssuerConfig {
+        let yaml = "issuers:\n  - name: iam\n    issuer: https://iam.example.com\n    jwks_uri: https://iam.example.com/jwks\n    audiences: [api, other]\n    claims: { user_id: sub, tenant_id: org.id, roles: [realm_access.roles, scope] }\npolicy:\n  rules:\n    - { name: me, paths: [/me] }\n";
+        Config::from_yaml(yaml, Path::new(".")).unwrap().issuers[0].clone()
+    }
+
+    #[test]
+    fn persona_values_go_where_the_issuer_reads_them_and_null_removes_a_claim() {
+        let persona = Persona {
+            user: Some("rita".into()),
+            tenant: Some("acme".into()),
+            roles: vec!["reader".into()],
+            ..Persona::default()
+        };
+        let extra: Map<String, Value> =
+            serde_json::from_value(json!({ "exp": null, "aud": "other" })).unwrap();
+        let c = Value::Object(claims_for(&issuer(), &persona, Some(&extra), 1000.5));
+        assert_eq!(c["iss"], "https://iam.example.com");
+        assert_eq!(c["aud"], "other");
+        assert_eq!(c["iat"], 1000);
+        assert!(c.get("exp").is_none());
+        assert_eq!(c["sub"], "rita");
+        assert_eq!(c["org"]["id"], "acme");
+        assert_eq!(c["realm_access"]["roles"], json!(["reader"]));
+    }
+
+    #[test]
+    fn a_cases_file_names_the_field_of_its_problem() {
+        let e = parse(
+            "cases:\n  - name: x\n    path: /a\n    expect: {}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("t.yaml: cases[0].expect"), "{e}");
+        assert!(e.0.contains("status"), "{e}");
+        let e = parse("personas: {}\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("cases"), "{e}");
+    }
+}

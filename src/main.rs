@@ -77,13 +77,50 @@ enum Command {
         #[arg(long = "context")]
         context: Vec<String>,
     },
+    /// Explain one decision step by step: ask a running server's admin listener (`--admin`), or
+    /// load a config and decide offline (`--config`; each issuer's JWKS is fetched once, nothing
+    /// is bound). Exit 0 on allow, 1 on deny, 2 when it could not be asked.
+    Explain {
+        /// The admin listener: host:port or unix:/path/to.sock.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        admin: Option<String>,
+        /// Decide offline with this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Original request path (with query).
+        #[arg(long)]
+        path: String,
+        /// Bearer token to send as `Authorization: Bearer <token>`.
+        #[arg(long)]
+        token: Option<String>,
+        /// Extra request header `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// A context extension `key=value` (repeatable), e.g. `--context citadel_rule=admin`.
+        #[arg(long = "context")]
+        context: Vec<String>,
+    },
+    /// Run a table of expected decisions (CASES.yaml) through the offline decision engine, with
+    /// test tokens signed by a throwaway key per issuer; no network. Exit 0 when every case is
+    /// as expected, 1 on any miss (a diff each), 2 on a bad cases file or config.
+    Test {
+        #[arg(long, env = "CITADEL_AUTHZ_CONFIG")]
+        config: PathBuf,
+        /// The cases file (format: README, Policy tests).
+        cases: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // check-config reports everything it finds on stdout/stderr itself; log lines of the fetch
     // code (`--online`) would only repeat its results in another format.
-    if !matches!(cli.command, Command::CheckConfig { .. }) {
+    if !matches!(
+        cli.command,
+        Command::CheckConfig { .. } | Command::Test { .. } | Command::Explain { .. }
+    ) {
         telemetry::init(cli.log_format);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -122,6 +159,77 @@ async fn async_main(command: Command) -> ExitCode {
             headers,
             context,
         } => check(grpc, method, path, token, headers, context).await,
+        Command::Explain {
+            admin,
+            config,
+            method,
+            path,
+            token,
+            headers,
+            context,
+        } => {
+            let request = match citadel_authz::cli::explain::request(
+                &method,
+                &path,
+                token.as_deref(),
+                &headers,
+                &context,
+            ) {
+                Ok(r) => r,
+                Err(e) => return cannot_ask(e),
+            };
+            explain(admin, config, request).await
+        }
+        Command::Test { config, cases } => {
+            let (code, out) = citadel_authz::cli::policy_test::main(
+                &config,
+                &cases,
+                citadel_authz::serve::authorizer::unix_now(),
+            )
+            .await;
+            print!("{out}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn explain(
+    admin: Option<String>,
+    config: Option<PathBuf>,
+    request: citadel_authz::serve::admin::pb::ExplainRequest,
+) -> ExitCode {
+    use citadel_authz::cli::explain::{Offline, ask, describe};
+    let answer = match (admin, config) {
+        (Some(addr), _) => match ask(&addr, request).await {
+            Ok(a) => a,
+            Err(e) => return cannot_ask(e),
+        },
+        (None, Some(path)) => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&path, &e),
+            };
+            let (offline, problems) = match Offline::fetched(config).await {
+                Ok(o) => o,
+                Err(e) => return cannot_ask(e),
+            };
+            for p in problems {
+                eprintln!("warning: {p}");
+            }
+            citadel_authz::serve::admin::explain(
+                &offline.runtime,
+                &request,
+                citadel_authz::serve::authorizer::unix_now(),
+            )
+            .await
+        }
+        (None, None) => return cannot_ask("give --admin ADDR or --config FILE"),
+    };
+    print!("{}", describe(&answer));
+    if answer.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

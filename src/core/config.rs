@@ -123,6 +123,9 @@ struct RawListen {
     /// File mode of the gRPC unix socket, as an octal string (`"0660"`).
     grpc_socket_mode: Option<String>,
     grpc_tls: Option<RawTls>,
+    /// The admin API listener (issue 12): host:port or unix:/path.
+    admin: Option<String>,
+    admin_allow_remote: bool,
 }
 
 #[derive(Debug)]
@@ -519,6 +522,8 @@ fn read_listen(mut f: Fields<'_>, issues: &mut Issues) -> RawListen {
         grpc: f.string("grpc", issues),
         http: f.string("http", issues),
         grpc_socket_mode: f.string("grpc_socket_mode", issues),
+        admin: f.string("admin", issues),
+        admin_allow_remote: f.bool("admin_allow_remote", issues),
         grpc_tls: f.section("grpc_tls", issues).and_then(|mut t| {
             let cert = t.string("cert", issues);
             let key = t.string("key", issues);
@@ -701,6 +706,9 @@ pub struct Listen {
     /// TLS (and with `client_ca`, mTLS) on the gRPC listener; files resolved against the config's
     /// directory.
     pub grpc_tls: Option<TlsFiles>,
+    /// The admin API (`Explain`, `Status`), when configured: loopback TCP or a unix socket unless
+    /// `listen.admin_allow_remote` is true; never the ext_authz listener.
+    pub admin: Option<GrpcListen>,
 }
 
 /// Where an issuer's key set comes from.
@@ -1637,9 +1645,16 @@ fn read_tenants(f: Fields<'_>, issues: &mut Issues) -> Memberships {
 
 fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues) -> Listen {
     // `listen` omitted: both listeners on their defaults. `listen` given without `http`: no HTTP.
-    let (grpc, http, mode, tls) = match raw {
-        None => (None, Some(DEFAULT_HTTP.to_owned()), None, None),
-        Some(l) => (l.grpc, l.http, l.grpc_socket_mode, l.grpc_tls),
+    let (grpc, http, mode, tls, admin, admin_allow_remote) = match raw {
+        None => (None, Some(DEFAULT_HTTP.to_owned()), None, None, None, false),
+        Some(l) => (
+            l.grpc,
+            l.http,
+            l.grpc_socket_mode,
+            l.grpc_tls,
+            l.admin,
+            l.admin_allow_remote,
+        ),
     };
     let grpc_tls = tls.map(|t| TlsFiles {
         cert: base_dir.join(t.cert),
@@ -1715,12 +1730,64 @@ fn validate_listen(raw: Option<RawListen>, base_dir: &Path, issues: &mut Issues)
             "only applies to a unix: gRPC listener",
         );
     }
+    let admin = admin.and_then(|a| validate_admin(&a, admin_allow_remote, &grpc, http, issues));
     Listen {
         grpc,
         http,
         grpc_socket_mode,
         grpc_tls,
+        admin,
     }
+}
+
+/// `listen.admin`: the admin API explains any decision and shows the issuers, so by default it
+/// is reachable from this host only — loopback TCP or a unix socket (its file mode, 0600, is the
+/// access control) — and never shares a port with ext_authz or HTTP.
+fn validate_admin(
+    value: &str,
+    allow_remote: bool,
+    grpc: &GrpcListen,
+    http: Option<SocketAddr>,
+    issues: &mut Issues,
+) -> Option<GrpcListen> {
+    let admin = if let Some(path) = value.strip_prefix("unix:") {
+        if path.is_empty() {
+            issues.push("listen.admin", "unix: needs a socket path");
+            return None;
+        }
+        GrpcListen::Unix(PathBuf::from(path))
+    } else {
+        match resolve_listen(value) {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() && !allow_remote {
+                    issues.push(
+                        "listen.admin",
+                        format!("{addr} is not a loopback address: the admin API explains every decision, so it listens on 127.0.0.1, [::1] or a unix: socket unless listen.admin_allow_remote: true"),
+                    );
+                }
+                GrpcListen::Tcp(addr)
+            }
+            Err(msg) => {
+                issues.push(
+                    "listen.admin",
+                    format!("{msg} (give host:port or unix:/path)"),
+                );
+                return None;
+            }
+        }
+    };
+    let clash = match (&admin, grpc) {
+        (GrpcListen::Tcp(a), GrpcListen::Tcp(g)) => a.port() != 0 && a == g,
+        (GrpcListen::Unix(a), GrpcListen::Unix(g)) => a == g,
+        _ => false,
+    } || matches!(&admin, GrpcListen::Tcp(a) if a.port() != 0 && Some(*a) == http);
+    if clash {
+        issues.push(
+            "listen.admin",
+            "must be its own listener, not the ext_authz (listen.grpc) or HTTP one",
+        );
+    }
+    Some(admin)
 }
 
 /// A listener's `host:port`: an IP address, or a host name resolved now, so that a name that

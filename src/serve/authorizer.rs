@@ -10,6 +10,10 @@
 //! [`crate::sources::introspection`], a membership lookup to [`crate::sources::membership`]; what a
 //! lookup means is decided in [`crate::core::tenancy`]. The configuration in force is an immutable
 //! snapshot: a check finishes on the version it started with.
+//!
+//! [`explain`] runs the same code with a [`Trace`] that records every step (the admin API and the
+//! `explain` / `test` commands); [`check`] passes [`NoTrace`], whose step closures are never
+//! called, so the hot path builds no step text and allocates nothing for it.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -263,17 +267,88 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// How a step of the decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    /// Passed; the decision goes on.
+    Pass,
+    /// Decided a denial.
+    Fail,
+    /// Not needed for this request (no store configured, a cache hit, …).
+    Skip,
+}
+
+/// One step of a decision as [`explain`] reports it. `detail` is for a human and never holds
+/// the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: &'static str,
+    pub result: StepResult,
+    pub detail: String,
+}
+
+/// Where the decision reports its steps. `detail` is a closure so that [`NoTrace`] never builds
+/// the text.
+pub trait Trace: Send {
+    fn step(&mut self, name: &'static str, result: StepResult, detail: impl FnOnce() -> String);
+
+    /// A step that decided `denial`: its text is the denial's reason.
+    fn fail(&mut self, name: &'static str, denial: &Denial) {
+        self.step(name, StepResult::Fail, || denial.log_reason());
+    }
+}
+
+/// The trace of [`check`]: records nothing.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn step(&mut self, _: &'static str, _: StepResult, _: impl FnOnce() -> String) {}
+}
+
+impl Trace for Vec<Step> {
+    fn step(&mut self, name: &'static str, result: StepResult, detail: impl FnOnce() -> String) {
+        self.push(Step {
+            name,
+            result,
+            detail: detail(),
+        });
+    }
+}
+
 /// Decide one request against one runtime at wall-clock time `now` (seconds since the epoch).
 pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
+    decide(rt, input, now, &mut NoTrace).await
+}
+
+/// [`check`], reporting every step of the decision in order.
+pub async fn explain(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> (Decision, Vec<Step>) {
+    let mut steps = Vec::new();
+    let decision = decide(rt, input, now, &mut steps).await;
+    (decision, steps)
+}
+
+async fn decide<T: Trace>(rt: &Runtime, input: &CheckInput<'_>, now: f64, t: &mut T) -> Decision {
+    use StepResult::{Pass, Skip};
     // Here, not in the adapters: every way in (gRPC, both forward-auth header pairs, the prefix
     // form) passes through this one check.
     if !policy::is_upper_case_method(input.method) {
-        return Decision::deny(Denial::BadMethod(quote(input.method)));
+        let denial = Denial::BadMethod(quote(input.method));
+        t.fail("method", &denial);
+        return Decision::deny(denial);
     }
+    t.step("method", Pass, || quote(input.method));
     let path = match canonicalize(input.path) {
         Ok(p) => p,
-        Err(e) => return Decision::deny(Denial::BadPath(e)),
+        Err(e) => {
+            let denial = Denial::BadPath(e);
+            t.fail("path", &denial);
+            return Decision::deny(denial);
+        }
     };
+    t.step("path", Pass, || {
+        format!("{} canonical {}", quote(input.path), path.to_path_string())
+    });
     let matched = match input.rule {
         None => rt.config.policy.find(input.method, &path),
         Some(name) => {
@@ -281,38 +356,68 @@ pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
             if named.is_none() {
                 // A misconfigured route: every request on it is refused until it is fixed.
                 tracing::error!(rule = %quote(name), "Envoy's context_extensions citadel_rule names no rule of the policy; refusing (403)");
-                return Decision::deny(Denial::UnknownRule(quote(name)));
+                let denial = Denial::UnknownRule(quote(name));
+                t.fail("rule", &denial);
+                return Decision::deny(denial);
             }
             named
         }
     };
     let Some(matched) = matched else {
+        t.fail("rule", &Denial::NoRule);
         return Decision::deny(Denial::NoRule);
     };
+    t.step("rule", Pass, || match input.rule {
+        Some(_) => format!(
+            "{} (named by context_extensions citadel_rule)",
+            matched.rule.name
+        ),
+        None => format!(
+            "{} (first rule matching the method and path)",
+            matched.rule.name
+        ),
+    });
     let rule = Some(Arc::clone(&matched.rule.name));
     if matched.rule.public {
+        t.step("public", Pass, || {
+            "public rule: allowed without a token".to_owned()
+        });
         return Decision::Allow {
             rule: Arc::clone(&matched.rule.name),
             identity: None,
         };
     }
+    t.step("public", Skip, || {
+        "not public: a valid token is required".to_owned()
+    });
     let deny = |denial| Decision::Deny {
         rule: rule.clone(),
         denial,
     };
     let token = match bearer(input.authorization) {
-        Ok(t) => t,
-        Err(d) => return deny(d),
+        Ok(tok) => tok,
+        Err(d) => {
+            t.fail("bearer", &d);
+            return deny(d);
+        }
     };
-    let identity = match verify(rt, token, now).await {
+    t.step("bearer", Pass, || {
+        format!("Bearer token of {} bytes", token.len())
+    });
+    let identity = match verify(rt, token, now, t).await {
         Ok(id) => id,
         Err(d) => return deny(d),
     };
-    let identity = match with_memberships(rt, &matched, identity).await {
+    let identity = match with_memberships(rt, &matched, identity, t).await {
         Ok(id) => id,
-        Err(d) => return deny(d),
+        Err(d) => {
+            t.fail("membership", &d);
+            return deny(d);
+        }
     };
-    match policy::authorize(&matched, &identity) {
+    let verdict = policy::authorize(&matched, &identity);
+    trace_policy(t, &matched, &identity, verdict.as_ref().err());
+    match verdict {
         Ok(()) => Decision::Allow {
             rule: Arc::clone(&matched.rule.name),
             identity: Some(identity),
@@ -321,21 +426,102 @@ pub async fn check(rt: &Runtime, input: &CheckInput<'_>, now: f64) -> Decision {
     }
 }
 
+/// The issuer, tenant and roles steps of [`policy::authorize`], which judges them in that order
+/// and stops at the first that fails.
+fn trace_policy<T: Trace>(
+    t: &mut T,
+    m: &policy::RuleMatch<'_, '_>,
+    identity: &Identity,
+    failed: Option<&policy::PolicyDenial>,
+) {
+    use policy::PolicyDenial::{InsufficientScope, IssuerNotAllowed, TenantMismatch};
+    let source = m.rule.source();
+    let stop = |at: u8| match failed {
+        None => false,
+        Some(IssuerNotAllowed) => at >= 1,
+        Some(TenantMismatch) => at >= 2,
+        Some(InsufficientScope) => at >= 3,
+    };
+    let result = |at: u8| match failed {
+        Some(IssuerNotAllowed) if at == 0 => StepResult::Fail,
+        Some(TenantMismatch) if at == 1 => StepResult::Fail,
+        Some(InsufficientScope) if at == 2 => StepResult::Fail,
+        _ => StepResult::Pass,
+    };
+    t.step("rule issuers", result(0), || match &source.issuers {
+        None => format!("any issuer (token from {})", identity.issuer),
+        Some(list) => format!(
+            "token from {}; rule accepts {}",
+            identity.issuer,
+            list.join(", ")
+        ),
+    });
+    if stop(1) {
+        return;
+    }
+    match &source.tenant_param {
+        None => t.step("tenant", StepResult::Skip, || {
+            "rule has no tenant_param".to_owned()
+        }),
+        Some(param) => t.step("tenant", result(1), || {
+            format!(
+                "path {{{param}}} = {}; identity tenant = {}",
+                m.tenant.map_or("(none)".to_owned(), quote),
+                identity
+                    .tenant_id
+                    .as_deref()
+                    .map_or("(none)".to_owned(), quote)
+            )
+        }),
+    }
+    if stop(2) {
+        return;
+    }
+    t.step("roles", result(2), || {
+        let mut want = Vec::new();
+        if !source.roles_all.is_empty() {
+            want.push(format!("all of [{}]", source.roles_all.join(", ")));
+        }
+        if !source.roles_any.is_empty() {
+            want.push(format!("any of [{}]", source.roles_any.join(", ")));
+        }
+        let want = if want.is_empty() {
+            "none".to_owned()
+        } else {
+            want.join(" and ")
+        };
+        format!(
+            "rule requires {want}; identity has [{}]",
+            identity.roles.join(", ")
+        )
+    });
+}
+
 /// The identity the rule is judged on: the token's, joined with the store's memberships when the
 /// store covers this issuer (SPEC §8). A token without a user id has nothing to look up. A rule
 /// that refuses the issuer is refused before any lookup, so no store outage turns it into a 503.
-async fn with_memberships(
+async fn with_memberships<T: Trace>(
     rt: &Runtime,
     matched: &policy::RuleMatch<'_, '_>,
     identity: Arc<Identity>,
+    t: &mut T,
 ) -> Result<Arc<Identity>, Denial> {
+    let skip =
+        |t: &mut T, why: &'static str| t.step("membership", StepResult::Skip, || why.to_owned());
     let Some(store) = &rt.membership else {
+        skip(t, "no membership store configured");
         return Ok(identity);
     };
     let Some(user) = identity.user_id.as_deref() else {
+        skip(t, "the token has no user id to look up");
         return Ok(identity);
     };
-    if !store.covers(&identity.issuer) || !policy::issuer_allowed(matched.rule, &identity) {
+    if !store.covers(&identity.issuer) {
+        skip(t, "the store does not cover this issuer");
+        return Ok(identity);
+    }
+    if !policy::issuer_allowed(matched.rule, &identity) {
+        skip(t, "the rule refuses this issuer: no lookup");
         return Ok(identity);
     }
     match store.lookup(&identity.issuer, user).await {
@@ -343,11 +529,21 @@ async fn with_memberships(
             rt.metrics
                 .record_membership_lookup(store.source(), found.outcome.label());
             // `tenant` is the rule's `tenant_param` segment; only such rules have one.
-            Ok(Arc::new(tenancy::effective(
-                &identity,
-                &found.memberships,
-                matched.tenant,
-            )))
+            let effective = tenancy::effective(&identity, &found.memberships, matched.tenant);
+            t.step("membership", StepResult::Pass, || {
+                format!(
+                    "{} lookup for {} ({}): tenant {}, roles [{}]",
+                    store.source(),
+                    quote(user),
+                    found.outcome.label(),
+                    effective
+                        .tenant_id
+                        .as_deref()
+                        .map_or("(none)".to_owned(), quote),
+                    effective.roles.join(", ")
+                )
+            });
+            Ok(Arc::new(effective))
         }
         Err(e) => {
             rt.metrics.record_membership_lookup(store.source(), "error");
@@ -435,17 +631,38 @@ fn revocation_check(issuer: &Issuer) -> Option<&Arc<Introspector>> {
         .filter(|i| i.config().tokens == IntrospectTokens::All)
 }
 
-async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, Denial> {
+async fn verify<T: Trace>(
+    rt: &Runtime,
+    token: &str,
+    now: f64,
+    t: &mut T,
+) -> Result<Arc<Identity>, Denial> {
+    use StepResult::{Pass, Skip};
     let invalid = Denial::InvalidToken;
+    // Every denial of this function is one step's failure.
+    let fail = |t: &mut T, name: &'static str, d: Denial| {
+        t.fail(name, &d);
+        Err(d)
+    };
     if token.len() > rt.config.max_token_bytes {
-        return Err(invalid(TokenError::TooLarge(rt.config.max_token_bytes)));
+        return fail(
+            t,
+            "token",
+            invalid(TokenError::TooLarge(rt.config.max_token_bytes)),
+        );
     }
     // SPEC §9: exactly two dots is a JWT; anything else is opaque and goes to the one issuer that
     // introspects (config allows at most one). With none, the JWT parser below refuses it (401).
     if token.bytes().filter(|b| *b == b'.').count() != 2
         && let Some(intro) = rt.issuers.iter().find_map(|i| i.introspection.as_ref())
     {
-        return introspect(intro, token, None, now).await;
+        t.step("token", Pass, || {
+            format!(
+                "opaque (not a JWT): introspected at {}",
+                intro.issuer_name()
+            )
+        });
+        return traced_introspect(intro, token, None, now, t).await;
     }
     let hash = rt.cache.enabled().then(|| rt.cache.hash(token));
     if let Some(hash) = &hash
@@ -457,55 +674,113 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
     {
         let issuer = &rt.issuers[hit.issuer_index];
         // The cache never bypasses key availability (max_stale → 503) nor outlives its key.
-        let loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
+        let Some(loaded) = issuer.keys.current() else {
+            return fail(t, "keys", unavailable(issuer));
+        };
         if loaded.keys.has_fingerprint(hit.key_fingerprint) {
+            t.step("token cache", Pass, || {
+                format!(
+                    "hit: verified earlier for issuer {}, its key still in the set",
+                    issuer.name
+                )
+            });
             // A cached verdict never outlives the introspection rules (§9 `tokens: all`): the
             // answer cache, with its own lifetimes, decides whether the JWT is still active.
             return match revocation_check(issuer) {
-                Some(intro) => introspect(intro, token, Some(Arc::clone(&hit.identity)), now).await,
+                Some(intro) => {
+                    traced_introspect(intro, token, Some(Arc::clone(&hit.identity)), now, t).await
+                }
                 None => Ok(Arc::clone(&hit.identity)),
             };
         }
         rt.cache.remove(hash);
     }
+    t.step("token cache", Skip, || match &hash {
+        Some(_) => "miss: verifying".to_owned(),
+        None => "disabled".to_owned(),
+    });
 
-    let unverified = Unverified::parse(token, rt.config.max_token_bytes).map_err(invalid)?;
-    let (index, issuer) = unverified
-        .issuer()
-        .and_then(|iss| {
-            rt.issuers
-                .iter()
-                .enumerate()
-                .find(|(_, i)| i.config.issuer == iss)
-        })
-        .ok_or_else(|| {
-            Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
-                unverified.issuer(),
-                format!(
-                    "accepted: {}",
-                    quote_list(rt.issuers.iter().map(|i| i.config.issuer.as_str()))
-                ),
-            )))
-        })?;
-    unverified.precheck(&issuer.config).map_err(invalid)?;
-    let mut loaded = issuer.keys.current().ok_or_else(|| unavailable(issuer))?;
+    let unverified = match Unverified::parse(token, rt.config.max_token_bytes) {
+        Ok(u) => u,
+        Err(e) => return fail(t, "token", invalid(e)),
+    };
+    let Some((index, issuer)) = unverified.issuer().and_then(|iss| {
+        rt.issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.config.issuer == iss)
+    }) else {
+        let denial = Denial::InvalidToken(TokenError::Issuer(Mismatch::new(
+            unverified.issuer(),
+            format!(
+                "accepted: {}",
+                quote_list(rt.issuers.iter().map(|i| i.config.issuer.as_str()))
+            ),
+        )));
+        return fail(t, "issuer", denial);
+    };
+    t.step("issuer", Pass, || {
+        format!(
+            "iss {} is issuer {}",
+            quote(&issuer.config.issuer),
+            issuer.name
+        )
+    });
+    if let Err(e) = unverified.precheck(&issuer.config) {
+        return fail(t, "header", invalid(e));
+    }
+    let Some(mut loaded) = issuer.keys.current() else {
+        return fail(t, "keys", unavailable(issuer));
+    };
+    let mut refetched = false;
     if let Err(unknown @ TokenError::UnknownKid(_)) = unverified.select_key(&loaded.keys) {
+        refetched = true;
         loaded = match issuer.keys.refetch_for_unknown_kid().await {
             Refetch::Fetched(fresh) => fresh,
-            Refetch::Cooldown { last_ok: true } => return Err(invalid(unknown)),
+            Refetch::Cooldown { last_ok: true } => return fail(t, "keys", invalid(unknown)),
             Refetch::Failed | Refetch::Cooldown { last_ok: false } => {
-                return Err(unavailable(issuer));
+                return fail(t, "keys", unavailable(issuer));
             }
         };
     }
-    let key = unverified.select_key(&loaded.keys).map_err(invalid)?;
-    let identity = Arc::new(
-        unverified
-            .verify_with(key, &issuer.config, &issuer.name, now)
-            .map_err(invalid)?,
-    );
+    let key = match unverified.select_key(&loaded.keys) {
+        Ok(k) => k,
+        Err(e) => return fail(t, "keys", invalid(e)),
+    };
+    t.step("keys", Pass, || {
+        format!(
+            "key {} of {} in a set fetched {}s ago{}",
+            key.kid.as_deref().map_or("(no kid)".to_owned(), quote),
+            loaded.keys.len(),
+            loaded.age().as_secs(),
+            if refetched {
+                " (refetched for an unknown kid)"
+            } else {
+                ""
+            }
+        )
+    });
+    let identity = match unverified.verify_with(key, &issuer.config, &issuer.name, now) {
+        Ok(id) => Arc::new(id),
+        Err(e) => return fail(t, "signature and claims", invalid(e)),
+    };
+    t.step("signature and claims", Pass, || {
+        format!(
+            "user {}, tenant {}, roles [{}], expires in {}s",
+            identity
+                .user_id
+                .as_deref()
+                .map_or("(none)".to_owned(), quote),
+            identity
+                .tenant_id
+                .as_deref()
+                .map_or("(none)".to_owned(), quote),
+            identity.roles.join(", "),
+            (identity.expires_at - now).round()
+        )
+    });
     let identity = match revocation_check(issuer) {
-        Some(intro) => introspect(intro, token, Some(identity), now).await?,
+        Some(intro) => traced_introspect(intro, token, Some(identity), now, t).await?,
         None => identity,
     };
     if let Some(hash) = hash {
@@ -520,6 +795,45 @@ async fn verify(rt: &Runtime, token: &str, now: f64) -> Result<Arc<Identity>, De
         );
     }
     Ok(identity)
+}
+
+/// [`introspect`] as one step.
+async fn traced_introspect<T: Trace>(
+    intro: &Arc<Introspector>,
+    token: &str,
+    jwt: Option<Arc<Identity>>,
+    now: f64,
+    t: &mut T,
+) -> Result<Arc<Identity>, Denial> {
+    let revocation = jwt.is_some();
+    match introspect(intro, token, jwt, now).await {
+        Ok(identity) => {
+            t.step("introspection", StepResult::Pass, || {
+                if revocation {
+                    format!("{}: active (tokens: all)", intro.issuer_name())
+                } else {
+                    format!(
+                        "{}: active; user {}, tenant {}, roles [{}]",
+                        intro.issuer_name(),
+                        identity
+                            .user_id
+                            .as_deref()
+                            .map_or("(none)".to_owned(), quote),
+                        identity
+                            .tenant_id
+                            .as_deref()
+                            .map_or("(none)".to_owned(), quote),
+                        identity.roles.join(", ")
+                    )
+                }
+            });
+            Ok(identity)
+        }
+        Err(d) => {
+            t.fail("introspection", &d);
+            Err(d)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //!
 //! Imports [`crate::core`] and [`crate::sources`]; nothing below imports this layer.
 
+pub mod admin;
 pub mod authorizer;
 pub mod cache;
 pub mod conn;

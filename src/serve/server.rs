@@ -67,6 +67,43 @@ pub enum InitError {
 pub struct Listeners {
     grpc: GrpcListener,
     http: Option<TcpListener>,
+    /// The admin API (`listen.admin`), when configured.
+    admin: Option<GrpcListener>,
+}
+
+/// File mode of the admin API's unix socket: the owner only (it explains every decision).
+const ADMIN_SOCKET_MODE: u32 = 0o600;
+
+/// Connections at once on the admin listener: it serves people and scripts, not traffic.
+const MAX_ADMIN_CONNECTIONS: usize = 16;
+
+/// Bind the admin listener; a stale unix socket file is replaced.
+async fn bind_admin(listen: &GrpcListen) -> Result<GrpcListener, InitError> {
+    match listen {
+        GrpcListen::Tcp(addr) => TcpListener::bind(addr)
+            .await
+            .map(GrpcListener::Tcp)
+            .map_err(|source| InitError::Bind {
+                what: "admin",
+                addr: addr.to_string(),
+                source,
+            }),
+        GrpcListen::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            let bind_err = |source| InitError::Bind {
+                what: "admin",
+                addr: format!("unix:{}", path.display()),
+                source,
+            };
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
+            let listener = UnixListener::bind(path).map_err(bind_err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(ADMIN_SOCKET_MODE))
+                .map_err(bind_err)?;
+            Ok(GrpcListener::Unix(listener, path.clone()))
+        }
+    }
 }
 
 enum GrpcListener {
@@ -126,7 +163,19 @@ impl Listeners {
             }
             None => None,
         };
-        Ok(Listeners { grpc, http })
+        let admin = match &config.listen.admin {
+            Some(listen) => Some(bind_admin(listen).await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, http, admin })
+    }
+
+    /// The admin listener's TCP address, when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        match &self.admin {
+            Some(GrpcListener::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        }
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -153,10 +202,13 @@ pub struct Options {
 pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    /// The admin listener's TCP address (`listen.admin`).
+    pub admin_addr: Option<SocketAddr>,
     pub authorizer: Arc<Authorizer>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
     unix_socket: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
     shutdown_grace: Duration,
     shutdown_delay: Duration,
 }
@@ -184,6 +236,7 @@ pub async fn start(
 
     let grpc_addr = listeners.grpc_addr();
     let http_addr = listeners.http_addr();
+    let admin_addr = listeners.admin_addr();
 
     // gRPC: ext_authz + grpc.health.v1, SERVING exactly while ready.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -200,6 +253,7 @@ pub async fn start(
                 .max_decoding_message_size(MAX_GRPC_MESSAGE),
         );
     let grpc_admission = Admission::new("gRPC", limits.max_connections);
+    let admin_hello = limits.header_timeout;
     let mut unix_socket = None;
     let shutdown = wait_stop(stop_rx.clone());
     match listeners.grpc {
@@ -267,6 +321,54 @@ pub async fn start(
         });
     }
 
+    // The admin API on its own listener, stopped with the others.
+    let mut admin_socket = None;
+    if let Some(listener) = listeners.admin {
+        let admin = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_GRPC_STREAMS)
+            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+            .add_service(crate::serve::admin::server(
+                crate::serve::admin::AdminService::new(
+                    Arc::clone(&authorizer),
+                    options.config_path.clone(),
+                ),
+            ));
+        let admission = Admission::new("admin", MAX_ADMIN_CONNECTIONS);
+        let shutdown = wait_stop(stop_rx.clone());
+        match listener {
+            GrpcListener::Tcp(l) => {
+                let incoming = crate::serve::conn::grpc_incoming(
+                    l,
+                    admission,
+                    admin_hello,
+                    wait_stop(stop_rx.clone()),
+                );
+                tasks.spawn(async move {
+                    admin
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+            GrpcListener::Unix(l, path) => {
+                admin_socket = Some(path);
+                let incoming = crate::serve::conn::grpc_incoming(
+                    l,
+                    admission,
+                    admin_hello,
+                    wait_stop(stop_rx.clone()),
+                );
+                tasks.spawn(async move {
+                    admin
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+        }
+    }
+
     if let Some(path) = options.config_path {
         tokio::spawn(crate::serve::reload::watch_files(
             path,
@@ -314,10 +416,12 @@ pub async fn start(
     Ok(Running {
         grpc_addr,
         http_addr,
+        admin_addr,
         authorizer,
         stop,
         tasks,
         unix_socket,
+        admin_socket,
         shutdown_grace,
         shutdown_delay,
     })
@@ -356,7 +460,10 @@ impl Running {
             first_err
         })
         .await;
-        if let Some(path) = &self.unix_socket {
+        for path in [&self.unix_socket, &self.admin_socket]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_file(path);
         }
         match drained {

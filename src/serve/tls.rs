@@ -387,6 +387,7 @@ mod tests {
             http: None,
             grpc_socket_mode: None,
             grpc_tls: Some(f.files.clone()),
+            admin: None,
         };
         let m = for_listener(&listen).unwrap_err().to_string();
         assert!(m.contains("only available on a TCP listener"), "{m}");

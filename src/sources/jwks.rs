@@ -164,6 +164,24 @@ impl IssuerKeys {
         }
     }
 
+    /// A store that holds `keys` from the start, for offline tools (`citadel-authz test` signs its
+    /// tokens with a throwaway key standing in for the issuer). Nothing refreshes it: no
+    /// refresher runs offline, and the set never goes stale.
+    pub fn preloaded(
+        issuer: &IssuerConfig,
+        timing: JwksTiming,
+        client: reqwest::Client,
+        keys: KeySet,
+    ) -> Self {
+        let store = Self::new(issuer, timing, client, Arc::new(|_: &str, _: bool| {}));
+        store.current.store(Some(Arc::new(Loaded {
+            keys,
+            fetched_at: Instant::now(),
+            ttl: Duration::MAX,
+        })));
+        store
+    }
+
     /// Whether this instance fetches from the same place with the same rules (reload keeps it).
     pub fn same_source(&self, issuer: &IssuerConfig, timing: &JwksTiming) -> bool {
         self.issuer == issuer.issuer

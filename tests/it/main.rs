@@ -6,6 +6,7 @@
 mod pg;
 mod support;
 
+mod admin;
 mod cli;
 mod dev;
 mod envoy;

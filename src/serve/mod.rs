@@ -10,6 +10,7 @@ pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

@@ -18,4 +18,5 @@ mod limits;
 mod membership;
 mod membership_pg;
 mod ops;
+mod otel;
 mod tls;

@@ -107,13 +107,6 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
     let rt = state.authorizer.runtime();
     let headers = req.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let span = state.authorizer.tracing().map(|t| {
-        let parent = TraceHeaders {
-            traceparent: text("traceparent"),
-            tracestate: text("tracestate"),
-        };
-        t.check_span(Protocol::Http, parent)
-    });
     let authorization = authorization(headers);
     let raw_path = req.uri().path();
 
@@ -137,6 +130,14 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
         };
         Ok((req.method().as_str().to_owned(), target))
     };
+    // After the 405 above: a request that is no check gets no span.
+    let span = state.authorizer.tracing().map(|t| {
+        let parent = TraceHeaders {
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
+        };
+        t.check_span(Protocol::Http, parent)
+    });
 
     let (decision, method, path) = match target {
         Err(denial) => (Decision::deny(denial), String::new(), String::new()),

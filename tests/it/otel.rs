@@ -547,3 +547,49 @@ async fn through_envoy_the_check_span_is_a_child_of_envoys_ext_authz_span() {
     assert_eq!(outcomes, ["allow", "unauthorized"], "{checks:#?}");
     drop(envoy);
 }
+
+/// A client may send anything as trace context: a malformed `traceparent` (or an all-zero one,
+/// or a huge `tracestate`) starts a trace of its own; the check is decided as without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trace_context_starts_a_trace_of_its_own() {
+    let collector = Collector::start().await;
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let authz = server(
+        &jwks,
+        &format!("telemetry:\n  otlp_endpoint: {}\n", collector.endpoint()),
+    )
+    .await;
+    let token = k.mint(&claims(&jwks.issuer(), "alice", "acme", &["reader"]));
+    let auth = format!("Bearer {token}");
+    let huge_state = vec!["k=v"; 2000].join(",");
+    let bad = [
+        "garbage".to_owned(),
+        traceparent("00000000000000000000000000000000", PARENT, "01"),
+        traceparent(TRACE, "0000000000000000", "01"),
+        format!("ff-{TRACE}-{PARENT}-01"),
+        traceparent(&TRACE.to_uppercase(), PARENT, "01"),
+    ];
+    for tp in &bad {
+        let r = authz
+            .check(
+                "GET",
+                "/api/orders/1",
+                &[
+                    ("authorization", &auth),
+                    ("traceparent", tp),
+                    ("tracestate", &huge_state),
+                ],
+            )
+            .await;
+        assert_eq!(status_of(&r), 200, "{tp}");
+    }
+    authz.stop().await;
+    let spans = collector.wait_checks(bad.len()).await;
+    assert_eq!(spans.len(), bad.len(), "{spans:#?}");
+    for s in &spans {
+        assert_eq!(s.parent_span_id, "", "{s:?}");
+        assert_ne!(s.trace_id, TRACE, "{s:?}");
+        assert_eq!(s.attr("citadel.outcome"), Some("allow"), "{s:?}");
+    }
+}

@@ -5,10 +5,12 @@
 #   bench/run.sh --quick    smoke test (a few minutes): 1 repetition × 2 s, 1k/20k tokens
 #
 # Loopback only. The load generator (wrk, examples/loadgen) is pinned to CPU 0, every server
-# (Envoy, citadel-authz, noop_authz, the JWKS file server) to CPU 1. Prints a markdown table of
-# medians, each figure with its baseline from the same run, and writes it to
-# bench/results/latest.md (raw results: bench/results/raw-latest.jsonl). Needs: cargo, python3,
-# curl, taskset; installs wrk and h2load (apt) and Envoy (scripts/install-test-deps.sh) if missing.
+# (Envoy, citadel-authz, noop_authz, the JWKS file server, the suite's PostgreSQL cluster and its
+# introspection server) to CPU 1; the cleanup trap stops all of them, also on failure or a
+# signal. Prints a markdown table of medians, each figure with its baseline from the same run,
+# and writes it to bench/results/latest.md (raw results: bench/results/raw-latest.jsonl). Needs:
+# cargo, python3, curl, taskset, PostgreSQL (/usr/lib/postgresql/*/bin or CITADEL_TEST_PG_BIN);
+# installs wrk and h2load (apt) and Envoy (scripts/install-test-deps.sh) if missing.
 set -euo pipefail
 
 mode=full
@@ -36,11 +38,14 @@ LG_CONC=64            # loadgen closed-loop streams
 LG_CONNS=2            # ... over this many HTTP/2 connections
 export ISSUER=https://iam.bench.local AUDIENCE=https://api.bench.local
 export ENVOY_PORT=28000 ENVOY_ADMIN_PORT=28001 JWKS_PORT=28080 GRPC_PORT=28191 HTTP_PORT=28192 NOOP_PORT=28393
+export INTRO_PORT=28094 PG_PORT=28432 PG_POOL=4
+export STORM=10000    # #10: new users at once in the PostgreSQL storm (always 10k, also --quick)
+BURST=1000 BURST_TOKENS=10   # #11: concurrent checks of this many new opaque tokens
 export JWT_CACHE_SIZE=$((NTOK * 2)) NTOK
 ALGS=(ES256 RS256 EdDSA)
 URL_PATH=/api/orders/42
 
-# BENCH_SKIP="micro envoy server" skips those stages (for working on the suite itself).
+# BENCH_SKIP="micro envoy server pg intro" skips those stages (for working on the suite itself).
 want() { [[ " ${BENCH_SKIP:-} " != *" $1 "* ]]; }
 say() { printf '\n[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -54,7 +59,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if ! "$envoy" --version 2>/dev/null | grep -q '/1\.40\.'; then
+# Not `grep -q`: it exits at the first match, Envoy then dies of SIGPIPE and, under pipefail, the
+# check failed and reinstalled Envoy on every run.
+if ! "$envoy" --version 2>/dev/null | grep '/1\.40\.' >/dev/null; then
   say "installing Envoy (scripts/install-test-deps.sh)"
   "$root/scripts/install-test-deps.sh"
 fi
@@ -74,7 +81,11 @@ raw="$results/raw-latest.jsonl"; : > "$raw"
 
 # --- processes ---------------------------------------------------------------------------------
 pids=()
+pg_data=""            # set while the suite's PostgreSQL cluster may be running
+sampler_pid=""        # the pg_stat_activity sampler (psql), while it runs
 cleanup() {
+  [ -z "$sampler_pid" ] || kill "$sampler_pid" 2>/dev/null || true
+  [ -z "$pg_data" ] || pg_stop
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -82,6 +93,8 @@ cleanup() {
   done
 }
 trap cleanup EXIT
+# A signal must end the script through `exit`, so that the EXIT trap stops everything.
+trap 'exit 130' INT TERM
 
 # start NAME CMD... : run CMD in the background on CPU 1, logging to work/NAME.log; sets $started.
 start() {
@@ -121,6 +134,85 @@ CLK_TCK=$(getconf CLK_TCK)
 
 tokens() { echo "$work/fixtures/tokens-$1-$2.txt"; }
 
+# port_free PORT: nothing listens on 127.0.0.1:PORT (the suite's ports are fixed).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# --- PostgreSQL (#10): a private cluster in bench/work/pg, as tests/it/pg.rs starts one ---------
+# initdb + pg_ctl as the `postgres` user when run as root (PostgreSQL refuses root); TCP on
+# 127.0.0.1:$PG_PORT with scram passwords, the unix socket in the cluster dir; no fsync.
+pg_bin=${CITADEL_TEST_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_dir="$work/pg"
+pg_start() {
+  [ -x "$pg_bin/initdb" ] || { echo "bench: PostgreSQL not found (apt-get install -y postgresql)" >&2; exit 1; }
+  port_free "$PG_PORT" || { echo "bench: port $PG_PORT is in use" >&2; exit 1; }
+  mkdir -p "$pg_dir/sock"
+  [ "$(id -u)" != 0 ] || chown -R postgres: "$pg_dir"
+  as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    --no-sync -E UTF8 --locale=C > "$pg_dir/initdb.log" 2>&1 \
+    || { cat "$pg_dir/initdb.log" >&2; echo "bench: initdb failed" >&2; exit 1; }
+  printf "\nport = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nfsync = off\nmax_connections = 100\nshared_buffers = 64MB\nlog_connections = on\n" \
+    "$PG_PORT" "$pg_dir/sock" | as_pg tee -a "$pg_dir/data/postgresql.conf" >/dev/null
+  pg_data="$pg_dir/data"
+  # The postmaster and its backends inherit CPU 1 (servers' CPU).
+  local run=(); [ "$(id -u)" != 0 ] || run=(runuser -u postgres --)
+  taskset -c 1 "${run[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -l "$pg_dir/server.log" -w -t 60 start >/dev/null \
+    || { cat "$pg_dir/server.log" >&2; echo "bench: PostgreSQL did not start" >&2; exit 1; }
+}
+pg_stop() {
+  as_pg "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+  pg_data=""
+}
+psql_su() { as_pg "$pg_bin/psql" -h "$pg_dir/sock" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAtX "$@"; }
+# pg_setup USERS: role `citadel` with a random password owning database `policy`, the README's
+# example schema (table, index, NOTIFY trigger), and rows for user-0..user-(USERS-1) as in
+# members.yaml (acme: member, *: support).
+pg_setup() {
+  local users=$1 pw
+  pw=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+  psql_su -d postgres -c "CREATE ROLE citadel LOGIN PASSWORD '$pw'"
+  psql_su -d postgres -c "CREATE DATABASE policy OWNER citadel"
+  psql_su -d policy <<SQL
+CREATE TABLE memberships (
+  issuer  text NOT NULL,
+  subject text NOT NULL,
+  tenant  text NOT NULL,
+  role    text,
+  PRIMARY KEY (issuer, subject, tenant, role)
+);
+CREATE INDEX ON memberships (issuer, subject);
+CREATE FUNCTION citadel_membership_notify() RETURNS trigger AS \$\$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    PERFORM pg_notify('citadel_membership', OLD.issuer || ' ' || OLD.subject);
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    PERFORM pg_notify('citadel_membership', NEW.issuer || ' ' || NEW.subject);
+  END IF;
+  RETURN NULL;
+END \$\$ LANGUAGE plpgsql;
+INSERT INTO memberships SELECT 'bench', 'user-' || i, 'acme', 'member' FROM generate_series(0, $users - 1) i;
+INSERT INTO memberships SELECT 'bench', 'user-' || i, '*', 'support' FROM generate_series(0, $users - 1) i;
+CREATE TRIGGER memberships_notify AFTER INSERT OR UPDATE OR DELETE ON memberships
+  FOR EACH ROW EXECUTE FUNCTION citadel_membership_notify();
+GRANT SELECT ON memberships TO citadel;
+ANALYZE memberships;
+SQL
+  export CITADEL_AUTHZ_DATABASE_URL="postgres://citadel:$pw@127.0.0.1:$PG_PORT/policy"
+}
+# sampler_start FILE: one psql session (CPU 0) samples every 20 ms how many connections
+# citadel-authz's query pool holds (application_name 'citadel-authz'; the LISTEN connection is
+# 'citadel-authz-listen') and how many of them are running a query.
+sampler_start() {
+  printf "SELECT count(*), count(*) FILTER (WHERE state = 'active') FROM pg_stat_activity WHERE application_name = 'citadel-authz'\n\\watch 0.02\n" \
+    | taskset -c 0 "$pg_bin/psql" -h "$pg_dir/sock" -p "$PG_PORT" -U postgres -d policy -qAtX > "$1" 2>&1 &
+  sampler_pid=$!
+}
+# pg_opened: connections citadel-authz's query pool has opened so far (log_connections lines with
+# its application_name), so that one opened and closed between two samples is counted too.
+pg_opened() { grep -cE 'connection authorized: .*application_name=citadel-authz( |$)' "$pg_dir/server.log" || true; }
+sampler_stop() { kill "$sampler_pid" 2>/dev/null || true; wait "$sampler_pid" 2>/dev/null || true; sampler_pid=""; }
+
 # --- fixtures and configs ----------------------------------------------------------------------
 say "minting keys and tokens ($NTOK per algorithm, $BIG ES256 for the memory test)"
 "$bin/examples/mint_tokens" "$work/fixtures" "$ISSUER" "$AUDIENCE" "$NTOK" "$BIG"
@@ -148,7 +240,8 @@ fi
 start jwks python3 -m http.server --bind 127.0.0.1 --directory "$work/fixtures" "$JWKS_PORT"
 wait_http "http://127.0.0.1:$JWKS_PORT/jwks.json"
 start noop "$bin/examples/noop_authz" "127.0.0.1:$NOOP_PORT"; noop_pid=$started
-start_citadel() {
+start_citadel() { # NAME: citadel-authz with work/citadel-NAME.yaml (the previous one stopped)
+  [ -z "${citadel_pid:-}" ] || stop "$citadel_pid"
   start "citadel-$1" env RUST_LOG=warn "$bin/citadel-authz" serve --config "$work/citadel-$1.yaml"
   citadel_pid=$started
   wait_http "http://127.0.0.1:$HTTP_PORT/readyz"
@@ -202,8 +295,9 @@ lg_run() { # SCENARIO PID PORT LOADGEN_ARGS...
   done
 }
 
-say "gRPC server alone: closed loop"
 closed=(--concurrency "$LG_CONC" --connections "$LG_CONNS")
+if want server; then
+say "gRPC server alone: closed loop"
 lg_run srv_noop_closed "$noop_pid" "$NOOP_PORT" "${closed[@]}"
 for alg in "${ALGS[@]}"; do
   lg_run "srv_citadel_1_${alg}_closed" "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens "$alg" 1)"
@@ -220,7 +314,101 @@ stop "$citadel_pid"
 start_citadel members
 lg_run srv_citadel_members_file_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 1)"
 stop "$citadel_pid"
+fi
 
+# metric NAME [k=v ...]: the sum of a citadel-authz metric now (its /metrics on HTTP_PORT).
+metric() {
+  curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" > "$work/metrics.txt"
+  python3 "$bench/tool.py" metric "$work/metrics.txt" "$@"
+}
+# warm TOKEN_FILE COUNT: every token checked once (fills the verified-token cache), unrecorded.
+warm() {
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" "${closed[@]}" --duration 600 \
+    --count "$2" --tokens "$1" >/dev/null
+}
+
+# --- #10: membership lookups in PostgreSQL ------------------------------------------------------
+if want pg; then
+  say "PostgreSQL: a private cluster in bench/work/pg on 127.0.0.1:$PG_PORT, $((NTOK > STORM ? NTOK : STORM)) users"
+  pg_start
+  pg_setup $((NTOK > STORM ? NTOK : STORM))
+
+  say "membership file vs PostgreSQL uncached (capacity 0), $NTOK rotating tokens, token cache warm"
+  start_citadel members
+  warm "$(tokens ES256 "$NTOK")" "$NTOK"
+  lg_run srv_citadel_members_file_N_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 "$NTOK")"
+  stop "$citadel_pid"
+  start_citadel pg-uncached
+  warm "$(tokens ES256 "$NTOK")" "$NTOK"
+  sampler_start "$work/pg-samples-uncached.txt"
+  lg_run srv_citadel_members_pg_uncached_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 "$NTOK")"
+  sampler_stop
+  stop "$citadel_pid"
+
+  say "PostgreSQL storm: $STORM new users at once (membership cache cold, token cache warm)"
+  head -n "$STORM" "$(tokens ES256 "$BIG")" > "$work/fixtures/tokens-storm.txt"
+  [ "$(wc -l < "$work/fixtures/tokens-storm.txt")" -eq "$STORM" ] || { echo "bench: need $STORM storm tokens" >&2; exit 1; }
+  opened0=$(pg_opened)
+  start_citadel pg-storm
+  warm "$work/fixtures/tokens-storm.txt" "$STORM"
+  # The warm-up also filled the membership cache: an empty NOTIFY drops every entry (README), so
+  # the storm's checks are all hits of the token cache and misses of the membership cache.
+  psql_su -d policy -c "NOTIFY citadel_membership"
+  sleep 1
+  lookups0=$(metric citadel_authz_membership_lookups_total source=postgres outcome=miss)
+  sampler_start "$work/pg-samples-storm.txt"
+  sleep 0.2
+  # 10k streams over 80 connections (the server allows 128 streams per connection): all at once.
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" --concurrency "$STORM" \
+    --connections 80 --count "$STORM" --duration 600 --timeout 30 --tokens "$work/fixtures/tokens-storm.txt" > "$work/lg.out"
+  sleep 0.2
+  sampler_stop
+  lookups1=$(metric citadel_authz_membership_lookups_total source=postgres outcome=miss)
+  opened1=$(pg_opened)
+  python3 "$bench/tool.py" storm "$work/lg.out" "$work/pg-samples-storm.txt" "$PG_POOL" \
+    "$((lookups1 - lookups0))" "$STORM" "$((opened1 - opened0))" | tee -a "$raw" >&2
+  stop "$citadel_pid"
+  pg_stop
+
+  # The same storm against the membership file: what 10,000 streams at once cost without any
+  # store round trip (loadgen, HTTP/2, the server's scheduling), the storm's baseline.
+  say "storm baseline: the same $STORM checks at once with the membership file"
+  start_citadel members
+  warm "$work/fixtures/tokens-storm.txt" "$STORM"
+  t0=$(cpu_ticks "$citadel_pid")
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" --concurrency "$STORM" \
+    --connections 80 --count "$STORM" --duration 600 --timeout 30 --tokens "$work/fixtures/tokens-storm.txt" > "$work/lg.out"
+  t1=$(cpu_ticks "$citadel_pid")
+  python3 "$bench/tool.py" loadgen "$work/lg.out" storm_file 1 "$t0" "$t1" "$CLK_TCK" | tee -a "$raw" >&2
+  stop "$citadel_pid"
+fi
+
+# --- #11: opaque tokens, introspected at the suite's own RFC 7662 server ------------------------
+if want intro; then
+  say "introspection: cached opaque token vs cached JWT, and a burst of $BURST checks of $BURST_TOKENS new tokens"
+  port_free "$INTRO_PORT" || { echo "bench: port $INTRO_PORT is in use" >&2; exit 1; }
+  export CITADEL_BENCH_INTROSPECTION_SECRET
+  CITADEL_BENCH_INTROSPECTION_SECRET=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+  start intro python3 "$bench/introspect_server.py" "$INTRO_PORT" "$ISSUER" "$AUDIENCE"; intro_pid=$started
+  wait_http "http://127.0.0.1:$INTRO_PORT/stats"
+  start_citadel intro
+  lg_run srv_intro_jwt_1_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 1)"
+  lg_run srv_intro_opaque_1_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$work/fixtures/tokens-opaque-1.txt"
+  python3 "$bench/tool.py" opaque "$BURST_TOKENS" "$work/fixtures/tokens-burst.txt" burst
+  calls0=$(curl -sf "http://127.0.0.1:$INTRO_PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])')
+  mcalls0=$(metric citadel_authz_introspection_calls_total)
+  # 1,000 streams over 8 connections (≤ 128 each): every check in flight at once, 100 per token.
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$GRPC_PORT" --concurrency "$BURST" \
+    --connections 8 --count "$BURST" --duration 600 --timeout 30 --tokens "$work/fixtures/tokens-burst.txt" > "$work/lg.out"
+  calls1=$(curl -sf "http://127.0.0.1:$INTRO_PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])')
+  mcalls1=$(metric citadel_authz_introspection_calls_total)
+  python3 "$bench/tool.py" burst "$work/lg.out" "$((calls1 - calls0))" "$((mcalls1 - mcalls0))" "$BURST_TOKENS" \
+    | tee -a "$raw" >&2
+  stop "$citadel_pid"
+  stop "$intro_pid"
+fi
+
+if want server; then
 say "policy scaling: citadel-authz with 1,000 rules"
 start_citadel 1000
 lg_run srv_citadel_1000rules_closed "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens ES256 1)"
@@ -240,6 +428,7 @@ python3 "$bench/tool.py" rss "$work/lg.out" "$rss0" "$rss1" "$BIG" | tee -a "$ra
 python3 "$bench/tool.py" loadgen "$work/lg.out" srv_citadel_uncached 1 "$t0" "$t1" "$CLK_TCK" \
   | tee -a "$raw" >&2
 stop "$citadel_pid"
+fi
 
 # --- report ------------------------------------------------------------------------------------
 say "report"

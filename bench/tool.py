@@ -5,6 +5,10 @@
   tool.py wrk FILE SCENARIO REP             parse one wrk run, print a JSON result line
   tool.py loadgen FILE SCENARIO REP T0 T1 CLK_TCK   loadgen output + server CPU ticks -> JSON
   tool.py rss FILE RSS0_MB RSS1_MB N          memory result line
+  tool.py opaque N FILE PREFIX               N new opaque tokens (opq_PREFIX-i_RANDOM), one a line
+  tool.py metric FILE NAME [k=v ...]         sum of a metric's samples in a /metrics dump
+  tool.py storm FILE SAMPLES POOL LOOKUPS USERS OPENED   PostgreSQL storm result line
+  tool.py burst FILE SERVER_CALLS METRIC_CALLS TOKENS   introspection burst result line
   tool.py report RESULTS.jsonl CRITERION_DIR OUT.md MODE   medians, ratios, targets -> markdown
 Ports and names come from the environment set by run.sh.
 """
@@ -15,6 +19,7 @@ import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+LG_STREAMS = 64  # run.sh's LG_CONC, for the row labels
 
 
 def env(name):
@@ -72,17 +77,39 @@ def gen(work):
         "policy-10.yaml": policy(10),
         "policy-1000.yaml": policy(1000),
     }
+    base = {"GRPC_PORT": env("GRPC_PORT"), "HTTP_PORT": env("HTTP_PORT"),
+            "JWKS_PORT": env("JWKS_PORT"), "ISSUER": env("ISSUER"), "AUDIENCE": env("AUDIENCE")}
     for n in (10, 1000):
         files[f"citadel-{n}.yaml"] = fill("citadel-authz.yaml", {
-            "GRPC_PORT": env("GRPC_PORT"), "HTTP_PORT": env("HTTP_PORT"),
-            "JWKS_PORT": env("JWKS_PORT"), "ISSUER": env("ISSUER"), "AUDIENCE": env("AUDIENCE"),
-            "POLICY_FILE": f"policy-{n}.yaml"})
-    # The membership store from a file: every bench subject (user-N) is listed, as a store for a
+            **base, "POLICY_FILE": f"policy-{n}.yaml", "INTROSPECTION": ""})
+    # #11: the same issuer also introspects opaque tokens at the suite's own RFC 7662 server
+    # (bench/introspect_server.py); JWTs are still verified by signature (`tokens: opaque`).
+    files["citadel-intro.yaml"] = fill("citadel-authz.yaml", {
+        **base, "POLICY_FILE": "policy-10.yaml", "INTROSPECTION":
+        "    introspection:\n"
+        f"      endpoint: http://127.0.0.1:{env('INTRO_PORT')}/introspect\n"
+        "      client_id: citadel-bench\n"
+        "      client_secret_env: CITADEL_BENCH_INTROSPECTION_SECRET\n"
+        "      tokens: opaque\n"})
+    # The membership store from a file: every bench subject (user-N, and the storm's 10k) is listed, as a store for a
     # real tenant directory would list them; the 1-token file's user-0 among them.
     files["members.yaml"] = "members:\n" + "".join(
         f"  - subject: user-{i}\n    tenants:\n      acme: [member]\n      \"*\": [support]\n"
-        for i in range(int(env("NTOK"))))
+        for i in range(max(int(env("NTOK")), int(env("STORM")))))
     files["citadel-members.yaml"] = files["citadel-10.yaml"] + "membership:\n  file: members.yaml\n"
+    # #10: the same memberships in the suite's PostgreSQL (the README's example schema and query).
+    # `capacity: 0`: no membership cache, every check is a query; `storm`: a large cache, started
+    # cold, for the 10k-new-users-at-once run.
+    pg = ("membership:\n  postgres:\n    url_env: CITADEL_AUTHZ_DATABASE_URL\n"
+          "    query: SELECT tenant, role FROM memberships WHERE issuer = $1 AND subject = $2\n"
+          "    notify_channel: citadel_membership\n"
+          f"    pool_size: {env('PG_POOL')}\n")
+    files["citadel-pg-uncached.yaml"] = files["citadel-10.yaml"] + pg + "  capacity: 0\n"
+    files["citadel-pg-storm.yaml"] = files["citadel-10.yaml"] + pg + "  capacity: 100000\n"
+    # Opaque tokens (no two dots, so not JWTs): `opq_<sub>_<random>`, the server's answer carries
+    # that sub.
+    rnd = os.urandom(8).hex()
+    files["fixtures/tokens-opaque-1.txt"] = f"opq_user-0_{rnd}\n"
     for name, text in files.items():
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
@@ -129,6 +156,59 @@ def parse_rss(path, rss0, rss1, n):
     print(json.dumps({"scenario": "rss", "rep": 1, "rss_start_mb": float(rss0),
                       "rss_mb": float(rss1), "tokens": int(n), "requests": r["requests"],
                       "ok": r["ok"], "denied": r["denied"], "errors": r["errors"]}))
+
+
+def opaque(n, path, prefix):
+    """n new opaque tokens (never seen by the server): `opq_<prefix>-<i>_<random>`."""
+    rnd = os.urandom(8).hex()
+    with open(path, "w") as f:
+        for i in range(int(n)):
+            f.write(f"opq_{prefix}-{i}_{rnd}\n")
+
+
+def metric(path, name, *labels):
+    """Sum of the samples of `name` in a Prometheus text file whose labels include every k=v."""
+    want = [tuple(l.split("=", 1)) for l in labels]
+    total = 0.0
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
+            if not m or m.group(1) != name:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(got.get(k) == v for k, v in want):
+                total += float(m.group(3))
+    print(int(total) if total.is_integer() else total)
+
+
+def samples_max(path):
+    """psql \\watch output, one `total|active` line per sample -> (max total, max active, n)."""
+    tot, act, n = 0, 0, 0
+    with open(path) as f:
+        for line in f:
+            m = re.fullmatch(r"(\d+)\|(\d+)", line.strip())
+            if m:
+                n += 1
+                tot, act = max(tot, int(m.group(1))), max(act, int(m.group(2)))
+    return tot, act, n
+
+
+def parse_storm(path, samples, pool, lookups, users, opened):
+    with open(path) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    tot, act, n = samples_max(samples)
+    r.update(scenario="pg_storm", rep=1, tool="loadgen", pool_size=int(pool), max_conns=tot,
+             max_active=act, samples=n, lookups=int(float(lookups)), users=int(users),
+             opened=int(opened))
+    print(json.dumps(r))
+
+
+def parse_burst(path, server_calls, metric_calls, tokens):
+    with open(path) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    r.update(scenario="intro_burst", rep=1, tool="loadgen", server_calls=int(server_calls),
+             metric_calls=int(float(metric_calls)), tokens=int(tokens))
+    print(json.dumps(r))
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +353,69 @@ def report(results, cdir, out, mode):
     rows.append(("gRPC alone, ES256 one token, membership file on: CPU per check vs off",
                  fmt(m_on, " µs", 2), fmt(m_off, " µs (off)", 2), fmt(ratio(m_on, m_off), "×", 2),
                  "≤ 1.15", verdict(ratio(m_on, m_off), 1.15, False)))
+    # #10: uncached membership lookups in PostgreSQL vs the file source, rotating tokens (token
+    # cache warm), and the storm of new users vs pool_size.
+    f_rps = med(by, "srv_citadel_members_file_N_closed", "rps")
+    g_rps = med(by, "srv_citadel_members_pg_uncached_closed", "rps")
+    rows.append(("gRPC alone, ES256 rotating tokens, membership PostgreSQL uncached (capacity 0): throughput",
+                 fmt(g_rps, " checks/s"), fmt(f_rps, " (file)"), fmt(ratio(g_rps, f_rps), "×", 2), "—", ""))
+    for q, key in (("p50", "p50_us"), ("p99", "p99_us")):
+        fq = med(by, "srv_citadel_members_file_N_closed", key)
+        gq = med(by, "srv_citadel_members_pg_uncached_closed", key)
+        rows.append((f"gRPC alone, membership PostgreSQL uncached: {q} (closed loop, {LG_STREAMS} streams)",
+                     fmt(gq, " µs"), fmt(fq, " µs (file)"), fmt(ratio(gq, fq), "×", 2), "—", ""))
+    f_cpu = med(by, "srv_citadel_members_file_N_closed", "cpu_us_per_check")
+    g_cpu = med(by, "srv_citadel_members_pg_uncached_closed", "cpu_us_per_check")
+    rows.append(("gRPC alone, membership PostgreSQL uncached: citadel-authz CPU per check",
+                 fmt(g_cpu, " µs", 2), fmt(f_cpu, " µs (file)", 2), fmt(ratio(g_cpu, f_cpu), "×", 2),
+                 "—", ""))
+    st = (by.get("pg_storm") or [None])[0]
+    if st:
+        rows.append((f"PostgreSQL storm: {st['users']:,} new users at once, max connections "
+                     f"(application_name citadel-authz; {st['samples']} samples)",
+                     fmt(st["max_conns"]), f"pool_size {st['pool_size']}",
+                     fmt(ratio(st["max_conns"], st["pool_size"]), "×", 2), "≤ pool_size",
+                     verdict(st["max_conns"], st["pool_size"], False)))
+        rows.append(("PostgreSQL storm: connections the server opened (start, warm-up and storm; "
+                     "log_connections)", fmt(st.get("opened")), f"pool_size {st['pool_size']}",
+                     fmt(ratio(st.get("opened"), st["pool_size"]), "×", 2), "≤ pool_size",
+                     verdict(st.get("opened"), st["pool_size"], False)))
+        rows.append(("PostgreSQL storm: max connections running a query at once (sampled)",
+                     fmt(st["max_active"]), f"pool_size {st['pool_size']}", "—", "—", ""))
+        rows.append(("PostgreSQL storm: lookups (membership cache misses) / checks answered",
+                     f"{st['lookups']:,} / {st['ok']:,} ok", f"{st['users']:,} users", "—", "—", ""))
+        sf_rps = med(by, "storm_file", "rps")
+        sf_p99 = med(by, "storm_file", "p99_us")
+        rows.append(("PostgreSQL storm: throughput (all at once)", fmt(st["rps"], " checks/s"),
+                     fmt(sf_rps, " (same storm, file)"), fmt(ratio(st["rps"], sf_rps), "×", 2), "—", ""))
+        rows.append(("PostgreSQL storm: p99 (all at once)", fmt(st["p99_us"] / 1e3, " ms"),
+                     fmt(None if sf_p99 is None else sf_p99 / 1e3, " ms (file)"),
+                     fmt(ratio(st["p99_us"], sf_p99), "×", 2), "—", ""))
+    else:
+        rows.append(("PostgreSQL storm: max connections", "n/a", "n/a", "n/a", "≤ pool_size", "n/a"))
+
+    # #11: opaque tokens through the suite's own RFC 7662 server.
+    j_cpu = med(by, "srv_intro_jwt_1_closed", "cpu_us_per_check")
+    o_cpu1 = med(by, "srv_intro_opaque_1_closed", "cpu_us_per_check")
+    rows.append(("gRPC alone, one opaque token (answer cached): CPU per check vs one ES256 JWT (cached)",
+                 fmt(o_cpu1, " µs", 2), fmt(j_cpu, " µs (JWT)", 2), fmt(ratio(o_cpu1, j_cpu), "×", 2),
+                 "≤ 1.10", verdict(ratio(o_cpu1, j_cpu), 1.10, False)))
+    j_rps = med(by, "srv_intro_jwt_1_closed", "rps")
+    o_rps = med(by, "srv_intro_opaque_1_closed", "rps")
+    rows.append(("gRPC alone, one opaque token (answer cached): throughput vs one ES256 JWT",
+                 fmt(o_rps, " checks/s"), fmt(j_rps, " (JWT)"), fmt(ratio(o_rps, j_rps), "×", 2),
+                 "—", ""))
+    bu = (by.get("intro_burst") or [None])[0]
+    if bu:
+        rows.append((f"introspection burst: {bu['requests']:,} concurrent checks of {bu['tokens']} new "
+                     "opaque tokens → calls to the IdP",
+                     f"{bu['server_calls']} (server) / {bu['metric_calls']} (/metrics)",
+                     f"{bu['tokens']} tokens", fmt(ratio(bu["server_calls"], bu["tokens"]), "×", 2),
+                     f"= {bu['tokens']}",
+                     "**pass**" if bu["server_calls"] == bu["tokens"] == bu["metric_calls"]
+                     and bu["ok"] == bu["requests"] else "**miss**"))
+    else:
+        rows.append(("introspection burst: calls to the IdP", "n/a", "n/a", "n/a", "= 10", "n/a"))
     s10 = med(by, "srv_citadel_1_ES256_closed", "rps")
     s1k = med(by, "srv_citadel_1000rules_closed", "rps")
     rows.append(("gRPC alone, ES256 one token, 1,000 rules: time per check vs 10 rules",
@@ -312,6 +455,14 @@ def main():
         parse_loadgen(*sys.argv[2:8])
     elif cmd == "rss":
         parse_rss(*sys.argv[2:6])
+    elif cmd == "opaque":
+        opaque(*sys.argv[2:5])
+    elif cmd == "metric":
+        metric(sys.argv[2], sys.argv[3], *sys.argv[4:])
+    elif cmd == "storm":
+        parse_storm(*sys.argv[2:8])
+    elif cmd == "burst":
+        parse_burst(*sys.argv[2:6])
     elif cmd == "report":
         report(*sys.argv[2:6])
     else:

@@ -20,6 +20,8 @@
 pub mod cli;
 pub mod core;
 pub mod dev;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod serve;
 pub mod sources;
 

@@ -175,6 +175,7 @@ async fn serve(
     config: Config,
     prepare: impl FnOnce(&Listeners, Config) -> Result<(Config, Options), String>,
 ) -> ExitCode {
+    let shutdown = shutdown_signal();
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => return fail(e),
@@ -187,7 +188,7 @@ async fn serve(
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    match running.run_until(shutdown_signal()).await {
+    match running.run_until(shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -202,6 +203,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCode {
+    let shutdown = shutdown_signal();
     let base = match &config {
         Some(path) => Config::load(path),
         None => {
@@ -289,7 +291,7 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     });
-    match running.run_until(shutdown_signal()).await {
+    match running.run_until(shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -346,21 +348,34 @@ fn cannot_ask(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the future is
+/// first polled: a SIGTERM that arrives while the server is still starting must lead to a
+/// graceful stop, not to the default action (killed, exit 143).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let int = async {
+            match int.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        tracing::info!("shutdown signal received; finishing in-flight checks");
     }
-    tracing::info!("shutdown signal received; finishing in-flight checks");
 }

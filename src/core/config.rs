@@ -2187,14 +2187,17 @@ fn check_fetch_url(url: &str, allow_http: bool, at: &str, issues: &mut Issues) {
 /// The rule for JWKS and discovery URLs, shared by `check-config` and the fetcher (a discovered
 /// `jwks_uri` is checked at fetch time).
 pub fn fetch_url_allowed(url: &str, allow_http: bool) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    // Messages show the URL without the credentials it may carry (they reach logs and
+    // check-config output).
+    let shown = crate::core::redact::redact_url(url);
+    let parsed = url::Url::parse(url).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if allow_http || is_loopback_host(&parsed) => Ok(()),
         "http" => Err(format!(
-            "{url:?} uses http:// on a non-loopback host; use https:// or set allow_http: true"
+            "{shown:?} uses http:// on a non-loopback host; use https:// or set allow_http: true"
         )),
-        other => Err(format!("{url:?}: scheme {other:?} is not http(s)")),
+        other => Err(format!("{shown:?}: scheme {other:?} is not http(s)")),
     }
 }
 
@@ -2512,6 +2515,17 @@ policy:
             ["admin", "member", "support"]
         );
         assert_eq!(t.lookup("other", "alice"), Memberships::default());
+    }
+
+    #[test]
+    fn a_refused_jwks_url_is_named_without_its_credentials() {
+        let text = BASE.replace(
+            "https://iam.example.com/jwks",
+            "http://user:hunter2@iam.example.com/jwks?api_key=s3cret",
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("http://iam.example.com/jwks"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod keys;
 pub mod lint;
 pub mod policy;
+pub mod redact;
 pub mod signer;
 pub mod tenancy;
 pub mod tls_files;

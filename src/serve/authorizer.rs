@@ -380,7 +380,7 @@ async fn with_memberships(
 /// credentials"; once the scheme is Bearer, anything but one or more spaces and one token
 /// (`Bearer`, `Bearer<TAB>t`, `Bearer a b`) is a malformed Bearer value, so a client always
 /// learns that its token was not understood.
-fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
+pub fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
     let value = match header {
         AuthHeader::Absent => return Err(Denial::NoCredentials),
         AuthHeader::Several => return Err(Denial::SeveralAuthorizations),

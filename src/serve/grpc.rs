@@ -60,12 +60,7 @@ impl Authorization for AuthzService {
             )
         });
         // Only Envoy's own route config can set context_extensions (SPEC §10).
-        let rule = req
-            .attributes
-            .as_ref()
-            .and_then(|a| a.context_extensions.get(RULE_EXTENSION))
-            .map(String::as_str);
-        let (decision, method, path) = match http {
+        let (decision, method, path) = match input_of(&req) {
             None => (
                 Decision::deny(Denial::BadRequest(
                     "CheckRequest has no HTTP request attributes",
@@ -73,29 +68,7 @@ impl Authorization for AuthzService {
                 "",
                 "",
             ),
-            Some(http) => {
-                // Envoy sends either the `headers` map (values of repeated headers joined with
-                // `,`) or, with `encode_raw_headers`, the `header_map` list with one entry each.
-                let raw = http.header_map.as_ref().map(|m| &m.headers);
-                let authorization = match raw {
-                    Some(list) if !list.is_empty() => AuthHeader::from_values(
-                        list.iter()
-                            .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
-                            .map(header_text),
-                    ),
-                    _ => AuthHeader::from_values(
-                        http.headers
-                            .get("authorization")
-                            .map(String::as_str)
-                            .into_iter(),
-                    ),
-                };
-                let input = CheckInput {
-                    method: &http.method,
-                    path: &http.path,
-                    authorization,
-                    rule,
-                };
+            Some(input) => {
                 let check = crate::serve::authorizer::check(
                     &rt,
                     &input,
@@ -103,8 +76,8 @@ impl Authorization for AuthzService {
                 );
                 (
                     otel::traced(span.as_ref(), check).await,
-                    http.method.as_str(),
-                    http.path.as_str(),
+                    input.method,
+                    input.path,
                 )
             }
         };
@@ -121,6 +94,37 @@ impl Authorization for AuthzService {
         }
         Ok(Response::new(to_check_response(&decision, &rt.config)))
     }
+}
+
+/// What the decision needs from a `CheckRequest`; `None` without HTTP request attributes.
+pub fn input_of(req: &CheckRequest) -> Option<CheckInput<'_>> {
+    let attributes = req.attributes.as_ref()?;
+    let http = attributes.request.as_ref()?.http.as_ref()?;
+    // Envoy sends either the `headers` map (values of repeated headers joined with `,`) or,
+    // with `encode_raw_headers`, the `header_map` list with one entry each.
+    let authorization = match http.header_map.as_ref().map(|m| &m.headers) {
+        Some(list) if !list.is_empty() => AuthHeader::from_values(
+            list.iter()
+                .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
+                .map(header_text),
+        ),
+        _ => AuthHeader::from_values(
+            http.headers
+                .get("authorization")
+                .map(String::as_str)
+                .into_iter(),
+        ),
+    };
+    Some(CheckInput {
+        method: &http.method,
+        path: &http.path,
+        authorization,
+        // Only Envoy's own route config can set context_extensions (SPEC §10).
+        rule: attributes
+            .context_extensions
+            .get(RULE_EXTENSION)
+            .map(String::as_str),
+    })
 }
 
 /// The `context_extensions` key whose value names the rule that decides (SPEC §10).

@@ -182,7 +182,7 @@ fn authorization(headers: &HeaderMap) -> AuthHeader<'_> {
 /// The original method and target from `X-Forwarded-Method`/`-Uri` (Traefik, Caddy, APISIX) or
 /// `X-Original-Method`/`-URI` (nginx). Both pairs present and disagreeing is refused: a client
 /// could have added one pair itself and let the gateway pass it through.
-fn original_from_headers(headers: &HeaderMap) -> Result<(String, String), Denial> {
+pub fn original_from_headers(headers: &HeaderMap) -> Result<(String, String), Denial> {
     let forwarded = pair(headers, "x-forwarded-method", "x-forwarded-uri")?;
     let original = pair(headers, "x-original-method", "x-original-uri")?;
     match (forwarded, original) {

@@ -144,6 +144,7 @@ pub fn reload(
             return false;
         }
     };
+    log_warnings(&config);
     if config.telemetry != current.config.telemetry {
         tracing::warn!("telemetry is not reloadable; restart to apply the new settings");
     }
@@ -163,6 +164,14 @@ pub fn reload(
             authorizer.metrics().record_reload(false);
             false
         }
+    }
+}
+
+/// The config's warnings (a rule that can never decide, a non-standard method), as
+/// `check-config` prints them: at start and on every applied reload.
+pub fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(field = %w.path, problem = %w.message, "configuration warning");
     }
 }
 

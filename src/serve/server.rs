@@ -180,6 +180,7 @@ pub async fn start(
     if config.policy.is_empty() {
         tracing::warn!("the policy has no rules: every request will be denied (403)");
     }
+    crate::serve::reload::log_warnings(&config);
     let tracing = match &config.telemetry {
         Some(t) => Some(crate::serve::otel::Tracing::start(t)?),
         None => None,

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::core::config::{ClientAuth, IntrospectionConfig, IssuerConfig, fetch_url_allowed};
 use crate::core::identity::Identity;
+use crate::core::redact::redact_url;
 use crate::core::token::{TokenError, identity_from_introspection};
 use crate::core::token_hash::{TokenHash, keyed_hash, random_key};
-use crate::sources::jwks::redact_url;
 
 /// Told of every call's outcome and every cache lookup: how the server counts them
 /// (`/metrics`) without this source depending on the serving layer.

@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod dev;
 mod envoy;
+mod fuzz_replay;
 mod gateways;
 mod grpc;
 mod introspection;

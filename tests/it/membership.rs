@@ -574,13 +574,52 @@ async fn cold_start_with_the_database_down_is_not_ready_until_it_answers() {
         status_of(&server.check_token("/api/tenants/globex/x", &alice).await),
         503
     );
+    // gRPC health (what Envoy's health checks and Kubernetes gRPC probes ask) says the same.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let serving = || {
+        let mut h = health.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+        }
+    };
+    assert_eq!(serving().await, ServingStatus::NotServing as i32);
     pg.start_again();
     server.wait_ready().await;
+    eventually(Duration::from_secs(5), "gRPC health SERVING", || async {
+        (serving().await == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
     assert_eq!(
         status_of(&server.check_token("/api/tenants/globex/x", &alice).await),
         200
     );
     server.stop().await;
+}
+
+/// `check-config --online --config CFG` with the database URL in `CITADEL_TEST_DATABASE_URL`:
+/// exit code and everything printed.
+fn check_config_online(cfg: &Path, url: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(authz_bin())
+        .args(["check-config", "--online", "--config"])
+        .arg(cfg)
+        .env("CITADEL_TEST_DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
 }
 
 /// A query that does not prepare keeps the server not ready, and `check-config --online` says
@@ -610,15 +649,8 @@ async fn a_query_that_does_not_prepare_keeps_the_server_not_ready_and_check_conf
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("citadel-authz.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
-    let out = std::process::Command::new(authz_bin())
-        .args(["check-config", "--online", "--config"])
-        .arg(&cfg)
-        .env("CITADEL_TEST_DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = check_config_online(&cfg, &pg.url());
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("membership.postgres"), "{text}");
     assert!(text.contains("no_such_table"), "{text}");
     assert!(!text.contains(&pg.password), "{text}");
@@ -626,15 +658,8 @@ async fn a_query_that_does_not_prepare_keeps_the_server_not_ready_and_check_conf
     // The example query prepares: the store is reported with its columns.
     let good = yaml.replace(bad_query, EXAMPLE_QUERY);
     std::fs::write(&cfg, good).unwrap();
-    let out = std::process::Command::new(authz_bin())
-        .args(["check-config", "--online", "--config"])
-        .arg(&cfg)
-        .env("CITADEL_TEST_DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = check_config_online(&cfg, &pg.url());
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(
             "membership.postgres (membership.postgres.url_env (CITADEL_TEST_DATABASE_URL))"

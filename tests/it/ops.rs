@@ -420,3 +420,40 @@ async fn decision_log_names_refused_values_with_what_is_accepted() {
         );
     }
 }
+
+/// `serve` logs the config's warnings (what `check-config` prints as `warning:`), at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_config_warnings_with_their_field() {
+    let k = key(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &jwks,
+        "rules:\n  - name: all\n    paths: [/api/**]\n  - name: never\n    paths: [/api/x]\n",
+    );
+    let http_port = free_port();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("http: 127.0.0.1:0", &format!("http: 127.0.0.1:{http_port}"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = Command::new(authz_bin());
+    cmd.args(["--log-format", "json", "serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info");
+    let mut guard = ChildGuard::spawn("citadel-authz serve", cmd, dir.path().join("serve.log"));
+    let ready = format!("http://127.0.0.1:{http_port}/readyz");
+    eventually(Duration::from_secs(20), "ready", || async {
+        (reqwest::get(&ready).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    guard.terminate(Duration::from_secs(15)).expect("exits");
+    let log = guard.log_text();
+    assert!(
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|e| e["message"] == "configuration warning"
+                && e["field"].as_str().is_some_and(|f| f.contains("rules[1]"))),
+        "{log}"
+    );
+}

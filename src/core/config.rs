@@ -78,6 +78,17 @@ struct RawConfig {
     shutdown_delay: Option<Duration>,
     policy: Option<RawPolicyRef>,
     membership: Option<RawMembership>,
+    telemetry: Option<RawTelemetry>,
+}
+
+/// `telemetry` as written: OpenTelemetry span export.
+#[derive(Debug, Default)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sampling_ratio: Option<f64>,
+    parent_based: Option<bool>,
+    export_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -488,6 +499,17 @@ fn read_config(value: &Value, issues: &mut Issues) -> Option<RawConfig> {
         membership: root
             .section("membership", issues)
             .map(|f| read_membership(f, issues)),
+        telemetry: root.section("telemetry", issues).map(|mut f| {
+            let raw = RawTelemetry {
+                otlp_endpoint: f.string("otlp_endpoint", issues),
+                service_name: f.string("service_name", issues),
+                sampling_ratio: f.get("sampling_ratio", issues),
+                parent_based: f.get("parent_based", issues),
+                export_timeout: f.duration("export_timeout", issues),
+            };
+            f.finish(issues);
+            raw
+        }),
     };
     root.finish(issues);
     Some(raw)
@@ -856,6 +878,22 @@ impl Default for ConnectionLimits {
 }
 
 /// The validated configuration. Built only by [`Config::load`] / [`Config::from_yaml`].
+/// `telemetry`, validated: where and how spans are exported (OTLP over gRPC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The collector's gRPC OTLP endpoint, `http://host:port`.
+    pub otlp_endpoint: String,
+    /// Resource attribute `service.name` (default `citadel-authz`).
+    pub service_name: String,
+    /// Share of new traces sampled, 0.0 to 1.0 (default 1.0).
+    pub sampling_ratio: f64,
+    /// Follow the incoming `traceparent`'s sampled flag when there is one (default true); the
+    /// ratio then applies only to checks that start a trace.
+    pub parent_based: bool,
+    /// Longest one export call may take (default 10s).
+    pub export_timeout: Duration,
+}
+
 /// `membership` (SPEC §8), validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipConfig {
@@ -935,6 +973,9 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// `membership` (SPEC §8): roles and tenants from a store as well as from the token.
     pub membership: Option<MembershipConfig>,
+    /// `telemetry.otlp_endpoint` and its companions: one span per check, exported over OTLP.
+    /// `None` (the default) means no exporter and no span is ever created.
+    pub telemetry: Option<TelemetryConfig>,
     /// Things that are valid but probably not meant (a rule an earlier one shadows completely, a
     /// method that is not a standard HTTP method), with their field paths.
     pub warnings: Vec<ConfigIssue>,
@@ -1185,6 +1226,9 @@ impl Config {
         let membership = raw
             .membership
             .and_then(|m| validate_membership(m, base_dir, &issuer_names, &mut issues));
+        let telemetry = raw
+            .telemetry
+            .and_then(|t| validate_telemetry(t, &mut issues, &mut warnings));
         let shutdown_grace = bounded(
             "shutdown_grace",
             raw.shutdown_grace,
@@ -1222,6 +1266,7 @@ impl Config {
                 policy,
                 policy_file,
                 membership,
+                telemetry,
                 warnings,
             }),
             _ => Err(ConfigError {
@@ -1332,6 +1377,76 @@ impl Issues {
 }
 
 const POOL_SIZE_MAX: u64 = 64;
+
+/// `telemetry`: an endpoint the exporter can use as it is, a ratio that is one, bounded timings.
+/// Without `otlp_endpoint` tracing is off; other fields alone are then only a warning.
+fn validate_telemetry(
+    raw: RawTelemetry,
+    issues: &mut Issues,
+    warnings: &mut Vec<ConfigIssue>,
+) -> Option<TelemetryConfig> {
+    let export_timeout = bounded(
+        "telemetry.export_timeout",
+        raw.export_timeout,
+        Duration::from_secs(10),
+        MS..=MINUTE,
+        issues,
+    );
+    let sampling_ratio = raw.sampling_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        issues.push(
+            "telemetry.sampling_ratio",
+            format!("must be between 0.0 and 1.0 (got {sampling_ratio})"),
+        );
+    }
+    let service_name = raw
+        .service_name
+        .unwrap_or_else(|| "citadel-authz".to_owned());
+    if service_name.is_empty()
+        || service_name.len() > 255
+        || !service_name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        issues.push(
+            "telemetry.service_name",
+            "must be 1 to 255 visible ASCII characters",
+        );
+    }
+    let Some(endpoint) = raw.otlp_endpoint else {
+        warnings.push(ConfigIssue {
+            path: "telemetry.otlp_endpoint".to_owned(),
+            message: "not set: no spans are exported".to_owned(),
+        });
+        return None;
+    };
+    let at = "telemetry.otlp_endpoint";
+    match url::Url::parse(&endpoint) {
+        Err(e) => issues.push(at, format!("{endpoint:?} is not a URL: {e}")),
+        // The exporter is built without TLS: an https endpoint would fail at the first export,
+        // long after startup, so it is refused here.
+        Ok(u) if u.scheme() != "http" => issues.push(
+            at,
+            "must be http://host:port (OTLP over plain gRPC; for TLS run a local collector)",
+        ),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => issues.push(at, "has no host"),
+        // Credentials in the URL would end up in the exporter's error messages; the collector's
+        // headers come from OTEL_EXPORTER_OTLP_HEADERS instead.
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            issues.push(at, "must not carry credentials")
+        }
+        Ok(u) if u.path() != "/" || u.query().is_some() || u.fragment().is_some() => issues.push(
+            at,
+            "must be http://host:port without a path (gRPC OTLP has a fixed one)",
+        ),
+        Ok(_) => {}
+    }
+    Some(TelemetryConfig {
+        otlp_endpoint: endpoint,
+        service_name,
+        sampling_ratio,
+        parent_based: raw.parent_based.unwrap_or(true),
+        export_timeout,
+    })
+}
 
 /// `membership` (SPEC §8): exactly one source; issuer names that exist; bounded timings.
 fn validate_membership(
@@ -2288,6 +2403,81 @@ policy:
 
     fn paths(err: ConfigError) -> Vec<String> {
         err.issues.into_iter().map(|i| i.path).collect()
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_validated_field_by_field() {
+        assert_eq!(load(BASE).unwrap().telemetry, None);
+        let with = |t: &str| load(&format!("{BASE}telemetry:\n{t}"));
+        let t = with("  otlp_endpoint: http://127.0.0.1:4317\n")
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(
+            t,
+            TelemetryConfig {
+                otlp_endpoint: "http://127.0.0.1:4317".into(),
+                service_name: "citadel-authz".into(),
+                sampling_ratio: 1.0,
+                parent_based: true,
+                export_timeout: Duration::from_secs(10),
+            }
+        );
+        // Other fields without an endpoint: off, with a warning naming the field.
+        let c = with("  service_name: edge\n").unwrap();
+        assert_eq!(c.telemetry, None);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.path == "telemetry.otlp_endpoint"),
+            "{:?}",
+            c.warnings
+        );
+        let bad = [
+            (
+                "  otlp_endpoint: https://collector:4317\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "  otlp_endpoint: 127.0.0.1:4317\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "  otlp_endpoint: http://u:p@collector:4317\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "  otlp_endpoint: http://collector:4317/v1/traces\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  sampling_ratio: 1.5\n",
+                "telemetry.sampling_ratio",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  sampling_ratio: .nan\n",
+                "telemetry.sampling_ratio",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  export_timeout: 0s\n",
+                "telemetry.export_timeout",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  service_name: \"a b\"\n",
+                "telemetry.service_name",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  parent_based: maybe\n",
+                "telemetry.parent_based",
+            ),
+            (
+                "  otlp_endpoint: http://c:4317\n  headers: {}\n",
+                "telemetry.headers",
+            ),
+        ];
+        for (text, field) in bad {
+            assert_eq!(paths(with(text).unwrap_err()), vec![field], "{text}");
+        }
     }
 
     #[test]

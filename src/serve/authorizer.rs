@@ -167,6 +167,8 @@ pub struct Authorizer {
     metrics: Arc<Metrics>,
     /// Set on shutdown: readiness and gRPC health report not serving while in-flight checks finish.
     draining: std::sync::atomic::AtomicBool,
+    /// Span export (`telemetry.otlp_endpoint`); `None` when off, and then no span is created.
+    tracing: Option<crate::serve::otel::Tracing>,
 }
 
 impl Authorizer {
@@ -175,7 +177,19 @@ impl Authorizer {
             metrics: Arc::clone(&runtime.metrics),
             runtime: ArcSwap::from_pointee(runtime),
             draining: std::sync::atomic::AtomicBool::new(false),
+            tracing: None,
         }
+    }
+
+    /// Export a span per check through `tracing` (for the life of the process: not reloadable).
+    pub fn with_tracing(mut self, tracing: Option<crate::serve::otel::Tracing>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// The span pipeline, when `telemetry.otlp_endpoint` is set.
+    pub fn tracing(&self) -> Option<&crate::serve::otel::Tracing> {
+        self.tracing.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -669,6 +683,7 @@ async fn verify<T: Trace>(
         && let Some(hit) = {
             let hit = rt.cache.get(hash, now);
             rt.metrics.record_cache(hit.is_some());
+            crate::serve::otel::note_cache(hit.is_some());
             hit
         }
     {

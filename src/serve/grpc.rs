@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
 use crate::core::identity::Identity;
 use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput};
+use crate::serve::otel::{self, TraceHeaders};
 use crate::serve::telemetry::{Correlation, Protocol};
 
 /// The gRPC service; cheap to clone.
@@ -41,12 +42,16 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let http = req
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
+        let span = self
+            .authorizer
+            .tracing()
+            .map(|t| t.check_span(Protocol::Grpc, parent_context(&metadata, http)));
         let rt = self.authorizer.runtime();
         let correlation = http.map_or_else(Correlation::default, |http| {
             Correlation::from_headers(
@@ -63,12 +68,18 @@ impl Authorization for AuthzService {
                 "",
                 "",
             ),
-            Some(input) => (
-                crate::serve::authorizer::check(&rt, &input, crate::serve::authorizer::unix_now())
-                    .await,
-                input.method,
-                input.path,
-            ),
+            Some(input) => {
+                let check = crate::serve::authorizer::check(
+                    &rt,
+                    &input,
+                    crate::serve::authorizer::unix_now(),
+                );
+                (
+                    otel::traced(span.as_ref(), check).await,
+                    input.method,
+                    input.path,
+                )
+            }
         };
         self.authorizer.record(
             Protocol::Grpc,
@@ -78,6 +89,9 @@ impl Authorization for AuthzService {
             started.elapsed(),
             correlation,
         );
+        if let Some(span) = span {
+            span.finish(&decision, method, path, correlation);
+        }
         Ok(Response::new(to_check_response(&decision, &rt.config)))
     }
 }
@@ -115,6 +129,25 @@ pub fn input_of(req: &CheckRequest) -> Option<CheckInput<'_>> {
 
 /// The `context_extensions` key whose value names the rule that decides (SPEC §10).
 pub const RULE_EXTENSION: &str = "citadel_rule";
+
+/// The span's parent: Envoy's ext_authz client puts its own span's context in the gRPC
+/// metadata when its tracing is on; without that, the original request's `traceparent`.
+fn parent_context<'a>(
+    metadata: &'a tonic::metadata::MetadataMap,
+    http: Option<&'a HttpRequest>,
+) -> TraceHeaders<'a> {
+    let meta = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    match meta("traceparent") {
+        Some(traceparent) => TraceHeaders {
+            traceparent: Some(traceparent),
+            tracestate: meta("tracestate"),
+        },
+        None => http.map_or_else(TraceHeaders::default, |http| TraceHeaders {
+            traceparent: first_header(http, "traceparent"),
+            tracestate: first_header(http, "tracestate"),
+        }),
+    }
+}
 
 /// The first value of header `name` (lower case), from whichever form Envoy sent.
 fn first_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {

@@ -19,6 +19,7 @@ use axum::routing::get;
 
 use crate::core::decision::{Decision, Denial, identity_headers, render_denial};
 use crate::serve::authorizer::{AuthHeader, Authorizer, CheckInput, NotReady};
+use crate::serve::otel::{self, TraceHeaders};
 use crate::serve::telemetry::Correlation;
 use crate::serve::telemetry::Protocol;
 
@@ -105,6 +106,7 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
     let started = Instant::now();
     let rt = state.authorizer.runtime();
     let headers = req.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let authorization = authorization(headers);
     let raw_path = req.uri().path();
 
@@ -128,6 +130,14 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
         };
         Ok((req.method().as_str().to_owned(), target))
     };
+    // After the 405 above: a request that is no check gets no span.
+    let span = state.authorizer.tracing().map(|t| {
+        let parent = TraceHeaders {
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
+        };
+        t.check_span(Protocol::Http, parent)
+    });
 
     let (decision, method, path) = match target {
         Err(denial) => (Decision::deny(denial), String::new(), String::new()),
@@ -139,15 +149,11 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
                 // Forward-auth has no gateway-only channel: a header could come from the client.
                 rule: None,
             };
-            (
-                crate::serve::authorizer::check(&rt, &input, crate::serve::authorizer::unix_now())
-                    .await,
-                method,
-                path,
-            )
+            let check =
+                crate::serve::authorizer::check(&rt, &input, crate::serve::authorizer::unix_now());
+            (otel::traced(span.as_ref(), check).await, method, path)
         }
     };
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let correlation = Correlation::from_headers(text("x-request-id"), text("traceparent"));
     state.authorizer.record(
         Protocol::Http,
@@ -157,6 +163,9 @@ async fn forward_auth(state: &HttpState, peer: SocketAddr, req: Request) -> Resp
         started.elapsed(),
         correlation,
     );
+    if let Some(span) = span {
+        span.finish(&decision, &method, &path, correlation);
+    }
     render(&decision, &rt.config)
 }
 

@@ -1,6 +1,6 @@
 //! Adapters and process plumbing: the [`authorizer`] that joins the core and the sources per
 //! check, the gRPC ext_authz and HTTP forward-auth adapters, listeners and their bounds, TLS,
-//! hot reload, metrics and the decision log.
+//! hot reload, metrics, the decision log and OpenTelemetry spans ([`otel`]).
 //!
 //! Imports [`crate::core`] and [`crate::sources`]; nothing below imports this layer.
 
@@ -11,6 +11,7 @@ pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

@@ -145,6 +145,9 @@ pub fn reload(
         }
     };
     log_warnings(&config);
+    if config.telemetry != current.config.telemetry {
+        tracing::warn!("telemetry is not reloadable; restart to apply the new settings");
+    }
     if config.listen != current.config.listen {
         tracing::warn!("listen addresses are not reloadable; restart to apply the new ones");
     }

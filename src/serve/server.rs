@@ -61,6 +61,8 @@ pub enum InitError {
     Serve(String),
     #[error("{0}")]
     Tls(#[from] crate::serve::tls::TlsError),
+    #[error("{0}")]
+    Otel(#[from] crate::serve::otel::OtelError),
 }
 
 /// Listeners bound before the servers start.
@@ -231,7 +233,11 @@ pub async fn start(
         tracing::warn!("the policy has no rules: every request will be denied (403)");
     }
     crate::serve::reload::log_warnings(&config);
-    let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?));
+    let tracing = match &config.telemetry {
+        Some(t) => Some(crate::serve::otel::Tracing::start(t)?),
+        None => None,
+    };
+    let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?).with_tracing(tracing));
     let mut tasks = JoinSet::new();
 
     let grpc_addr = listeners.grpc_addr();
@@ -465,6 +471,10 @@ impl Running {
             .flatten()
         {
             let _ = std::fs::remove_file(path);
+        }
+        // 3. The spans of the last checks are still buffered: export them before exiting.
+        if let Some(tracing) = self.authorizer.tracing() {
+            tracing.shutdown().await;
         }
         match drained {
             Ok(None) => Ok(()),

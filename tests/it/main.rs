@@ -20,4 +20,5 @@ mod limits;
 mod membership;
 mod membership_pg;
 mod ops;
+mod otel;
 mod tls;

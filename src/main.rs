@@ -61,21 +61,8 @@ enum Command {
         /// gRPC address of the server: host:port or unix:/path/to.sock.
         #[arg(long, default_value = "127.0.0.1:9191")]
         grpc: String,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Original request path (with query).
-        #[arg(long)]
-        path: String,
-        /// Bearer token to send as `Authorization: Bearer <token>`.
-        #[arg(long)]
-        token: Option<String>,
-        /// Extra request header `name: value` (repeatable).
-        #[arg(long = "header", short = 'H')]
-        headers: Vec<String>,
-        /// A context extension `key=value`, as an Envoy route's `check_settings` sends it
-        /// (repeatable), e.g. `--context citadel_rule=admin` to try a per-route rule.
-        #[arg(long = "context")]
-        context: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
     },
     /// Explain one decision step by step: ask a running server's admin listener (`--admin`), or
     /// load a config and decide offline (`--config`; each issuer's JWKS is fetched once, nothing
@@ -87,20 +74,8 @@ enum Command {
         /// Decide offline with this config.
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Original request path (with query).
-        #[arg(long)]
-        path: String,
-        /// Bearer token to send as `Authorization: Bearer <token>`.
-        #[arg(long)]
-        token: Option<String>,
-        /// Extra request header `name: value` (repeatable).
-        #[arg(long = "header", short = 'H')]
-        headers: Vec<String>,
-        /// A context extension `key=value` (repeatable), e.g. `--context citadel_rule=admin`.
-        #[arg(long = "context")]
-        context: Vec<String>,
+        #[command(flatten)]
+        request: RequestArgs,
     },
     /// Run a table of expected decisions (CASES.yaml) through the offline decision engine, with
     /// test tokens signed by a throwaway key per issuer; no network. Exit 0 when every case is
@@ -111,6 +86,26 @@ enum Command {
         /// The cases file (format: README, Policy tests).
         cases: PathBuf,
     },
+}
+
+/// The request `check` and `explain` send, as Envoy would describe it.
+#[derive(Debug, clap::Args)]
+struct RequestArgs {
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Original request path (with query).
+    #[arg(long)]
+    path: String,
+    /// Bearer token to send as `Authorization: Bearer <token>`.
+    #[arg(long)]
+    token: Option<String>,
+    /// Extra request header `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// A context extension `key=value`, as an Envoy route's `check_settings` sends it
+    /// (repeatable), e.g. `--context citadel_rule=admin` to try a per-route rule.
+    #[arg(long = "context")]
+    context: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -151,22 +146,18 @@ async fn async_main(command: Command) -> ExitCode {
             serve(config, move |_, config| Ok((config, options))).await
         }
         Command::Dev { config, grpc, http } => dev_mode(config, grpc, http).await,
-        Command::Check {
-            grpc,
-            method,
-            path,
-            token,
-            headers,
-            context,
-        } => check(grpc, method, path, token, headers, context).await,
+        Command::Check { grpc, request } => check(grpc, request).await,
         Command::Explain {
             admin,
             config,
-            method,
-            path,
-            token,
-            headers,
-            context,
+            request:
+                RequestArgs {
+                    method,
+                    path,
+                    token,
+                    headers,
+                    context,
+                },
         } => {
             let request = match citadel_authz::cli::explain::request(
                 &method,
@@ -408,14 +399,14 @@ async fn dev_mode(config: Option<PathBuf>, grpc: String, http: String) -> ExitCo
     }
 }
 
-async fn check(
-    grpc: String,
-    method: String,
-    path: String,
-    token: Option<String>,
-    headers: Vec<String>,
-    context: Vec<String>,
-) -> ExitCode {
+async fn check(grpc: String, request: RequestArgs) -> ExitCode {
+    let RequestArgs {
+        method,
+        path,
+        token,
+        headers,
+        context,
+    } = request;
     let mut list = Vec::new();
     if let Some(t) = token {
         list.push(("authorization".to_owned(), format!("Bearer {t}")));

@@ -109,6 +109,7 @@ struct RawPostgres {
     notify_channel: Option<String>,
     pool_size: Option<u64>,
     connect_timeout: Option<Duration>,
+    ca_file: Option<String>,
 }
 
 /// Which decisions are logged (target `citadel_authz::decision`).
@@ -526,6 +527,7 @@ fn read_membership(mut f: Fields<'_>, issues: &mut Issues) -> RawMembership {
                 notify_channel: p.string("notify_channel", issues),
                 pool_size: p.get("pool_size", issues),
                 connect_timeout: p.duration("connect_timeout", issues),
+                ca_file: p.string("ca_file", issues),
             };
             p.finish(issues);
             raw
@@ -947,6 +949,9 @@ pub struct PostgresConfig {
     pub notify_channel: Option<String>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// CA certificates (PEM) the server's certificate must chain to with `sslmode=require`;
+    /// `None`: the system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -1510,7 +1515,7 @@ fn validate_membership(
                 }
             }
         }
-        (None, Some(pg)) => validate_postgres(pg, issues).map(MembershipSource::Postgres),
+        (None, Some(pg)) => validate_postgres(pg, base_dir, issues).map(MembershipSource::Postgres),
     };
     Some(MembershipConfig {
         source: source?,
@@ -1521,7 +1526,11 @@ fn validate_membership(
     })
 }
 
-fn validate_postgres(raw: RawPostgres, issues: &mut Issues) -> Option<PostgresConfig> {
+fn validate_postgres(
+    raw: RawPostgres,
+    base_dir: &Path,
+    issues: &mut Issues,
+) -> Option<PostgresConfig> {
     let at = "membership.postgres";
     let url = match (raw.url_env, raw.url) {
         (Some(_), Some(_)) => {
@@ -1590,6 +1599,12 @@ fn validate_postgres(raw: RawPostgres, issues: &mut Issues) -> Option<PostgresCo
         MS * 100..=MINUTE,
         issues,
     );
+    let ca_file = raw.ca_file.map(|f| base_dir.join(f));
+    if let Some(path) = &ca_file
+        && let Err(e) = crate::core::tls_files::ca_certificates(path)
+    {
+        issues.push(format!("{at}.ca_file"), e);
+    }
     let (url, url_source) = url?;
     Some(PostgresConfig {
         url: Secret::new(&url),
@@ -1598,6 +1613,7 @@ fn validate_postgres(raw: RawPostgres, issues: &mut Issues) -> Option<PostgresCo
         notify_channel: raw.notify_channel,
         pool_size: usize::try_from(pool_size).unwrap_or(1),
         connect_timeout,
+        ca_file,
     })
 }
 
@@ -2547,6 +2563,19 @@ policy:
         assert_eq!(pg.pool_size, 4);
         assert_eq!(pg.url_source, "membership.postgres.url");
         assert!(!format!("{m:?}").contains("hunter2"), "{m:?}");
+    }
+
+    #[test]
+    fn a_database_ca_file_that_cannot_be_used_names_its_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        for file in ["missing.pem", "empty.pem"] {
+            let text = format!(
+                "{BASE}membership:\n  postgres:\n    url: postgres://u@127.0.0.1/db\n    query: q\n    ca_file: {file}\n"
+            );
+            let err = Config::from_yaml(&text, dir.path()).unwrap_err();
+            assert_eq!(paths(err), vec!["membership.postgres.ca_file"], "{file}");
+        }
     }
 
     #[test]

@@ -81,6 +81,21 @@ fn certificates(
     Ok(certs)
 }
 
+/// The CA certificates of a PEM file (a database's `ca_file`): at least one, or why not.
+pub fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block in the PEM file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 /// A complete server config from the files.
 pub fn build(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, TlsError> {
     let chain = certificates("cert", &files.cert)?;

@@ -46,6 +46,7 @@ fn pg_config(url: &str) -> PostgresConfig {
         notify_channel: None,
         pool_size: 2,
         connect_timeout: Duration::from_secs(2),
+        ca_file: None,
     }
 }
 
@@ -643,85 +644,49 @@ const TLS_QUERY: &str = "SELECT CASE WHEN ssl THEN 'tls' ELSE 'plain' END AS ten
                          FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND $1 IS NOT NULL AND $2 IS NOT NULL";
 
 /// `sslmode=require`: TLS, with the server certificate verified against the CAs in
-/// `SSL_CERT_FILE`. Run in a child process of this test binary, since the trusted CAs come from
-/// the environment.
+/// `membership.postgres.ca_file` — a CA that did not sign it is refused (never plain text, never
+/// the password in the reason); without `require`, plain text although the server offers TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_speaks_tls_and_verifies_the_server_certificate() {
     let (pg, ca) = PgCluster::start_tls().await;
     let (_other, other_ca) = PgCluster::start_tls().await;
-    let run = |ca: &std::path::Path, url: &str, expect: &str| {
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "membership_pg::tls_in_child",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("SSL_CERT_FILE", ca)
-            .env("CITADEL_TEST_PG_TLS_URL", url)
-            .env("CITADEL_TEST_PG_TLS_EXPECT", expect)
-            .env("CITADEL_TEST_PG_PASSWORD", &pg.password)
-            .output()
-            .unwrap()
-    };
     let require = format!("{}?sslmode=require", pg.url());
-    for (ca, url, expect) in [
-        (&ca, require.as_str(), "tls"),
-        (&other_ca, require.as_str(), "untrusted"),
-        // Without require, plain text even though the server offers TLS.
-        (&other_ca, pg.url().as_str(), "plain"),
-    ] {
-        let out = run(ca, url, expect);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{expect}: {text}");
-        assert!(
-            text.contains("1 passed"),
-            "{expect}: the child ran no test: {text}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by sslmode_require_speaks_tls_and_verifies_the_server_certificate"]
-async fn tls_in_child() {
-    let (Ok(url), Ok(expect), Ok(password)) = (
-        std::env::var("CITADEL_TEST_PG_TLS_URL"),
-        std::env::var("CITADEL_TEST_PG_TLS_EXPECT"),
-        std::env::var("CITADEL_TEST_PG_PASSWORD"),
-    ) else {
-        return;
+    let config = |url: &str, ca: &std::path::Path| {
+        let mut config = pg_config(url);
+        config.query = TLS_QUERY.to_owned();
+        config.ca_file = Some(ca.to_owned());
+        config
     };
-    let mut config = pg_config(&url);
-    config.query = TLS_QUERY.to_owned();
-    match expect.as_str() {
-        "untrusted" => {
-            let err = membership::probe(&config).await.unwrap_err();
-            assert!(err.contains("certificate"), "{err}");
-            assert!(!err.contains(&password), "{err}");
-            let store = start(&settings(config));
-            let e = eventually(WAIT, "the TLS failure as the reason", || async {
-                let e = store.m.lookup("iam", "alice").await.unwrap_err();
-                e.reason.contains("certificate").then_some(e)
-            })
-            .await;
-            assert!(!e.reason.contains(&password), "{}", e.reason);
-            assert!(!store.m.is_ready());
-        }
-        want => {
-            let report = membership::probe(&config).await.unwrap();
-            let over = if want == "tls" {
-                "over TLS"
-            } else {
-                "over plain text"
-            };
-            assert!(report.contains(over), "{report}");
-            let store = start(&settings(config));
-            store.ready().await;
-            assert_eq!(pairs(&store.lookup("alice").await), vec![row(want, None)]);
-        }
-    }
+
+    // Trusted CA: TLS.
+    let report = membership::probe(&config(&require, &ca)).await.unwrap();
+    assert!(report.contains("over TLS"), "{report}");
+    let store = start(&settings(config(&require, &ca)));
+    store.ready().await;
+    assert_eq!(pairs(&store.lookup("alice").await), vec![row("tls", None)]);
+
+    // Another CA: refused, with the certificate named as the reason.
+    let untrusted = config(&require, &other_ca);
+    let err = membership::probe(&untrusted).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!err.contains(&pg.password), "{err}");
+    let store = start(&settings(untrusted));
+    let e = eventually(WAIT, "the TLS failure as the reason", || async {
+        let e = store.m.lookup("iam", "alice").await.unwrap_err();
+        e.reason.contains("certificate").then_some(e)
+    })
+    .await;
+    assert!(!e.reason.contains(&pg.password), "{}", e.reason);
+    assert!(!store.m.is_ready());
+
+    // Without require: plain text even though the server offers TLS.
+    let plain = config(&pg.url(), &other_ca);
+    let report = membership::probe(&plain).await.unwrap();
+    assert!(report.contains("over plain text"), "{report}");
+    let store = start(&settings(plain));
+    store.ready().await;
+    assert_eq!(
+        pairs(&store.lookup("alice").await),
+        vec![row("plain", None)]
+    );
 }

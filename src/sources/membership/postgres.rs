@@ -319,7 +319,8 @@ fn connect_config(pg: &PostgresConfig, app: &str) -> Result<Dial, String> {
             pg.url_source
         )
     })?;
-    let tls = Tls::for_config(&mut config).map_err(|e| format!("{}: {e}", pg.url_source))?;
+    let tls = Tls::for_config(&mut config, pg.ca_file.as_deref())
+        .map_err(|e| format!("{}: {e}", pg.url_source))?;
     config.connect_timeout(pg.connect_timeout);
     if config.get_application_name().is_none() {
         config.application_name(app);
@@ -831,6 +832,7 @@ mod tests {
             notify_channel: None,
             pool_size: 1,
             connect_timeout: Duration::from_secs(1),
+            ca_file: None,
         }
     }
 

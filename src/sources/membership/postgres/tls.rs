@@ -1,8 +1,9 @@
 //! TLS to PostgreSQL with rustls, for a connection string with `sslmode=require`.
 //!
 //! Stricter than libpq's `require` (which encrypts without checking who answers): the server's
-//! certificate must chain to a trusted CA and name the host connected to. The trusted CAs are the
-//! system's (`rustls-native-certs`), or those in the PEM file `SSL_CERT_FILE` names. Any other
+//! certificate must chain to a trusted CA and name the host connected to. The trusted CAs are those
+//! of `membership.postgres.ca_file`, else the system's (`rustls-native-certs`, which also reads
+//! `SSL_CERT_FILE`). Any other
 //! sslmode (`disable`, `prefer`, the default) connects in plain text, as before TLS was built in:
 //! `prefer` would otherwise start failing against a server with a self-signed certificate.
 //!
@@ -11,6 +12,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,13 +36,28 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// The TLS to use for `config`; a mode other than `require` is turned into `disable`.
-    pub(crate) fn for_config(config: &mut tokio_postgres::Config) -> Result<Self, String> {
+    pub(crate) fn for_config(
+        config: &mut tokio_postgres::Config,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, String> {
         if config.get_ssl_mode() != SslMode::Require {
             config.ssl_mode(SslMode::Disable);
             return Ok(Tls(None));
         }
-        let found = rustls_native_certs::load_native_certs();
         let mut roots = rustls::RootCertStore::empty();
+        if let Some(path) = ca_file {
+            let certs = crate::core::tls_files::ca_certificates(path)
+                .map_err(|e| format!("ca_file: {e}"))?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "ca_file: {} holds no usable CA certificate",
+                    path.display()
+                ));
+            }
+            return Self::with_roots(roots);
+        }
+        let found = rustls_native_certs::load_native_certs();
         let (added, _ignored) = roots.add_parsable_certificates(found.certs);
         if added == 0 {
             let why = found
@@ -52,6 +69,10 @@ impl Tls {
                 "sslmode=require, but no trusted CA certificate was found (system store, or SSL_CERT_FILE){why}"
             ));
         }
+        Self::with_roots(roots)
+    }
+
+    fn with_roots(roots: rustls::RootCertStore) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

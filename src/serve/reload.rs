@@ -91,12 +91,16 @@ impl KeyStores {
 }
 
 /// Watch `config_path` (and the policy file it names) until `stop`; apply valid changes.
-pub async fn watch_files(
+///
+/// The SIGHUP handler is installed when this is called, not when the returned future is first
+/// polled: the default action of SIGHUP is to end the process, so a SIGHUP that arrives between
+/// "ready" and the watcher task's first poll must already find the handler in place.
+pub fn watch_files(
     config_path: PathBuf,
     authorizer: Arc<Authorizer>,
     stores: KeyStores,
     mut stop: watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -104,25 +108,27 @@ pub async fn watch_files(
             None
         }
     };
-    let mut seen = fingerprint(&config_path, &authorizer.runtime().config);
-    loop {
-        let forced = tokio::select! {
-            _ = tokio::time::sleep(POLL) => false,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let now = fingerprint(&config_path, &authorizer.runtime().config);
-        if !forced && now == seen {
-            continue;
+    async move {
+        let mut seen = fingerprint(&config_path, &authorizer.runtime().config);
+        loop {
+            let forced = tokio::select! {
+                _ = tokio::time::sleep(POLL) => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let now = fingerprint(&config_path, &authorizer.runtime().config);
+            if !forced && now == seen {
+                continue;
+            }
+            reload(
+                &config_path,
+                &authorizer,
+                &stores,
+                if forced { "SIGHUP" } else { "file change" },
+            );
+            // The policy or memberships file may have moved: look at the new one from now on.
+            seen = fingerprint(&config_path, &authorizer.runtime().config);
         }
-        reload(
-            &config_path,
-            &authorizer,
-            &stores,
-            if forced { "SIGHUP" } else { "file change" },
-        );
-        // The policy or memberships file may have moved: look at the new one from now on.
-        seen = fingerprint(&config_path, &authorizer.runtime().config);
     }
 }
 

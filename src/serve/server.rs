@@ -238,6 +238,15 @@ pub async fn start(
         None => None,
     };
     let authorizer = Arc::new(Authorizer::new(stores.runtime(config, None)?).with_tracing(tracing));
+    // Before anything is served: from "ready" on, a SIGHUP must find its handler installed.
+    if let Some(path) = options.config_path.clone() {
+        tokio::spawn(crate::serve::reload::watch_files(
+            path,
+            Arc::clone(&authorizer),
+            stores,
+            stop_rx.clone(),
+        ));
+    }
     let mut tasks = JoinSet::new();
 
     let grpc_addr = listeners.grpc_addr();
@@ -373,15 +382,6 @@ pub async fn start(
                 });
             }
         }
-    }
-
-    if let Some(path) = options.config_path {
-        tokio::spawn(crate::serve::reload::watch_files(
-            path,
-            Arc::clone(&authorizer),
-            stores,
-            stop_rx.clone(),
-        ));
     }
 
     // Readiness → gRPC health. Polled: cheap, and it also notices a key set going stale.

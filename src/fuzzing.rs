@@ -111,7 +111,7 @@ fn assert_header_safe(id: &Identity) {
     if let Some(t) = &id.tenant_id {
         assert!(is_safe_id(t), "unsafe tenant id {t:?}");
     }
-    for r in &id.roles {
+    for r in id.roles.iter() {
         assert!(is_safe_role(r), "unsafe role {r:?}");
     }
     if let Some(joined) = id.roles_header() {

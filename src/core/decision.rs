@@ -508,7 +508,7 @@ mod tests {
             issuer: "iam".into(),
             user_id: Some("alice".into()),
             tenant_id: None,
-            roles: vec!["a".into(), "b".into()],
+            roles: Arc::new(["a".into(), "b".into()]),
             expires_at: 0.0,
         };
         let h = identity_headers(Some(&id), &names);

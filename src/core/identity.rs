@@ -14,9 +14,12 @@ pub struct Identity {
     /// The configured issuer name (not the `iss` URL).
     pub issuer: Arc<str>,
     pub user_id: Option<Box<str>>,
-    pub tenant_id: Option<Box<str>>,
-    /// In claim-path order, each in token order, without duplicates.
-    pub roles: Vec<Box<str>>,
+    /// Shared (`Arc`): many cached identities carry the same tenant, and the token cache lets
+    /// them share one string (see `serve::cache`).
+    pub tenant_id: Option<Arc<str>>,
+    /// In claim-path order, each in token order, without duplicates. Shared like the tenant:
+    /// identities with the same role set point at one list.
+    pub roles: Arc<[Box<str>]>,
     /// `exp`, seconds since the epoch.
     pub expires_at: f64,
 }

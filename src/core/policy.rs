@@ -944,7 +944,7 @@ mod tests {
             issuer: Arc::from(issuer),
             user_id: Some("u".into()),
             tenant_id: tenant.map(Into::into),
-            roles: roles.iter().map(|r| (*r).into()).collect(),
+            roles: roles.iter().map(|r| (*r).into()).collect::<Vec<_>>().into(),
             expires_at: 0.0,
         }
     }

@@ -64,12 +64,18 @@ pub fn effective(
     path_tenant: Option<&str>,
 ) -> Identity {
     let tenant = path_tenant.or(identity.tenant_id.as_deref());
-    let mut roles = identity.roles.clone();
+    let mut added: Vec<Box<str>> = Vec::new();
     for role in memberships.roles_for(tenant) {
-        if !roles.iter().any(|r| &**r == role) {
-            roles.push(role.into());
+        if !identity.roles.iter().chain(&added).any(|r| &**r == role) {
+            added.push(role.into());
         }
     }
+    // Nothing new: the token's (shared) list as it is.
+    let roles = if added.is_empty() {
+        Arc::clone(&identity.roles)
+    } else {
+        identity.roles.iter().cloned().chain(added).collect()
+    };
     let tenant_id = match path_tenant {
         Some(t) if memberships.is_member_of(t) => Some(t.into()),
         _ => identity.tenant_id.clone(),
@@ -141,7 +147,7 @@ mod tests {
             issuer: Arc::from("iam"),
             user_id: Some("alice".into()),
             tenant_id: tenant.map(Into::into),
-            roles: roles.iter().map(|r| (*r).into()).collect(),
+            roles: roles.iter().map(|r| (*r).into()).collect::<Vec<_>>().into(),
             expires_at: 0.0,
         }
     }

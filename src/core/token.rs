@@ -437,8 +437,8 @@ fn check_claims(
     Ok(Identity {
         issuer: Arc::clone(issuer_name),
         user_id,
-        tenant_id,
-        roles,
+        tenant_id: tenant_id.map(Arc::from),
+        roles: roles.into(),
         expires_at: exp,
     })
 }

@@ -9,8 +9,14 @@
 //! on every read (time is a parameter); expired entries are dropped when met or evicted. An entry
 //! remembers the fingerprint of the key that verified it: when a refresh removes that key, the
 //! entry is refused (and dropped) on its next use — a verdict never outlives its key.
+//!
+//! Cached identities share their tenant and role-set strings: thousands of users carry tenant
+//! `acme` and roles `[reader]`, and one copy of each saves ~100 B per cached token (the RSS
+//! budget is 64 MB at 100,000 tokens). The sets of shared values are bounded and start over
+//! when full (values already shared stay valid: they are reference counted).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::core::identity::Identity;
@@ -33,6 +39,60 @@ pub struct TokenCache {
     max_ttl: Duration,
     /// SipHash key, random per cache.
     key: (u64, u64),
+    shared: Mutex<Shared>,
+}
+
+/// Distinct tenants and role sets of the cached identities, each held once.
+#[derive(Default)]
+struct Shared {
+    tenants: HashSet<Arc<str>>,
+    role_sets: HashSet<Arc<[Box<str>]>>,
+}
+
+/// Distinct values kept per kind; beyond that the sets start over (an IdP with more distinct
+/// tenants than this still works, its identities just share less).
+const SHARED_MAX: usize = 4096;
+
+impl Shared {
+    /// `identity` with its tenant and roles replaced by the shared copies (the first identity to
+    /// carry a value provides the copy). `None` when it already holds the shared ones.
+    fn share(&mut self, identity: &Identity) -> Option<Identity> {
+        if self.tenants.len() >= SHARED_MAX {
+            self.tenants.clear();
+        }
+        if self.role_sets.len() >= SHARED_MAX {
+            self.role_sets.clear();
+        }
+        let tenant_id = identity
+            .tenant_id
+            .as_ref()
+            .map(|t| match self.tenants.get(&**t) {
+                Some(shared) => Arc::clone(shared),
+                None => {
+                    self.tenants.insert(Arc::clone(t));
+                    Arc::clone(t)
+                }
+            });
+        let roles = match self.role_sets.get(&*identity.roles) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                self.role_sets.insert(Arc::clone(&identity.roles));
+                Arc::clone(&identity.roles)
+            }
+        };
+        let same_tenant = match (&tenant_id, &identity.tenant_id) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        if same_tenant && Arc::ptr_eq(&roles, &identity.roles) {
+            return None;
+        }
+        Some(Identity {
+            tenant_id,
+            roles,
+            ..identity.clone()
+        })
+    }
 }
 
 impl TokenCache {
@@ -51,6 +111,7 @@ impl TokenCache {
             max_ttl,
             inner,
             key,
+            shared: Mutex::default(),
         }
     }
 
@@ -98,6 +159,13 @@ impl TokenCache {
         }
         // The entry's deadline: the token's exp (+ leeway), and at most max_ttl from now.
         let valid_until = valid_until.min(now + self.max_ttl.as_secs_f64());
+        // A poisoned lock only means another insert panicked mid-way: the sets are still sets.
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .share(&identity);
+        let identity = shared.map_or(identity, Arc::new);
         inner.insert(
             hash,
             Arc::new(Verified {
@@ -135,7 +203,7 @@ mod tests {
             issuer: "iam".into(),
             user_id: Some(sub.into()),
             tenant_id: None,
-            roles: vec![],
+            roles: Arc::new([]),
             expires_at: 0.0,
         })
     }
@@ -190,6 +258,58 @@ mod tests {
         );
         assert_eq!(a.hash("same token"), a.hash("same token"));
         assert_ne!(a.hash("eyJ.eyJ.sig1"), a.hash("eyJ.eyJ.sig2"));
+    }
+
+    #[test]
+    fn cached_identities_share_tenant_and_roles() {
+        let c = TokenCache::new(10, Duration::from_secs(300));
+        let id = |sub: &str| {
+            Arc::new(Identity {
+                issuer: "iam".into(),
+                user_id: Some(sub.into()),
+                tenant_id: Some("acme".into()),
+                roles: Arc::new(["reader".into(), "member".into()]),
+                expires_at: 0.0,
+            })
+        };
+        let (a, b) = (c.hash("a"), c.hash("b"));
+        c.insert(a, id("alice"), 0, 1, 1e12, 0.0);
+        c.insert(b, id("bob"), 0, 1, 1e12, 0.0);
+        let (a, b) = (
+            c.get(&a, 1.0).unwrap().identity.clone(),
+            c.get(&b, 1.0).unwrap().identity.clone(),
+        );
+        assert!(Arc::ptr_eq(&a.roles, &b.roles), "one role list");
+        assert!(Arc::ptr_eq(
+            a.tenant_id.as_ref().unwrap(),
+            b.tenant_id.as_ref().unwrap()
+        ));
+        // Sharing never changes a value.
+        assert_eq!(
+            (a.user_id.as_deref(), b.user_id.as_deref()),
+            (Some("alice"), Some("bob"))
+        );
+        assert_eq!(
+            &*b.roles,
+            &["reader".into(), "member".into()] as &[Box<str>]
+        );
+        assert_eq!(b.tenant_id.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn shared_values_are_bounded() {
+        let mut s = Shared::default();
+        for i in 0..(SHARED_MAX * 3) {
+            let id = Identity {
+                issuer: "iam".into(),
+                user_id: None,
+                tenant_id: Some(format!("t{i}").into()),
+                roles: Arc::new([format!("r{i}").into()]),
+                expires_at: 0.0,
+            };
+            let _ = s.share(&id);
+            assert!(s.tenants.len() <= SHARED_MAX && s.role_sets.len() <= SHARED_MAX);
+        }
     }
 
     #[test]

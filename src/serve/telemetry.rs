@@ -189,7 +189,7 @@ mod tests {
             issuer: "iam".into(),
             user_id: Some("alice".into()),
             tenant_id: None,
-            roles: vec!["reader".into()],
+            roles: Arc::new(["reader".into()]),
             expires_at: 0.0,
         };
         vec![

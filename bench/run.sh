@@ -405,6 +405,13 @@ if want intro; then
   python3 "$bench/tool.py" burst "$work/lg.out" "$((calls1 - calls0))" "$((mcalls1 - mcalls0))" "$BURST_TOKENS" \
     | tee -a "$raw" >&2
   stop "$citadel_pid"
+  # #13: what a user of both features runs — Envoy → citadel-authz with the membership file and a
+  # cached opaque token — against Envoy → noop_authz (env_c) in the same run.
+  if want envoy; then
+    start_citadel intro-members
+    envoy_scenario env_f_opaque_members envoy-d.yaml "$work/fixtures/tokens-opaque-1.txt"
+    stop "$citadel_pid"
+  fi
   stop "$intro_pid"
 fi
 

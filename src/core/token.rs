@@ -210,8 +210,11 @@ impl<'t> Unverified<'t> {
         if h.is_empty() || p.is_empty() || s.is_empty() {
             return Err(TokenError::Malformed("empty part"));
         }
-        let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-        if !token.bytes().all(|b| b64url(b) || b == b'.') {
+        // Without short-circuit, so that the compiler vectorises it: this loop was a quarter of
+        // the time of `parse` for an RS256 token (its signature alone is 342 characters).
+        let b64url_or_dot =
+            |b: u8| b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.');
+        if !token.bytes().fold(true, |ok, b| ok & b64url_or_dot(b)) {
             return Err(TokenError::Malformed("characters outside base64url"));
         }
         let header = decode_object(h)?;

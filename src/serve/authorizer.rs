@@ -599,7 +599,12 @@ pub fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
         return malformed("the scheme must be followed by a space");
     };
     let token = token.trim_start_matches(' ');
-    if token.contains([' ', '\t']) {
+    // A whole-token scan on every check: without short-circuit so that it vectorises (a
+    // `contains` over a char set walked it byte by byte, 2 % of a cached check's CPU).
+    if token
+        .bytes()
+        .fold(false, |found, b| found | (b == b' ') | (b == b'\t'))
+    {
         return malformed("more than one token");
     }
     Ok(token)

@@ -4,8 +4,8 @@
 # database stops and starts, the introspection endpoint hangs, the policy file is rewritten (valid
 # and invalid versions), and hostile tokens and slow clients arrive.
 #
-#   bench/soak.sh            full run: 30 min of load (~32 min in all)
-#   bench/soak.sh --quick    2 min of load with one of each fault (~3 min in all)
+#   bench/soak.sh            full run: 30 min of load, then 100 s idle (~34 min in all)
+#   bench/soak.sh --quick    2 min of load with one of each fault, then 100 s idle (~5 min in all)
 #
 # SOAK_RATE=N fixes the rate (requests/s) instead of half the measured maximum.
 #
@@ -40,6 +40,7 @@ ENVOY_PORT=29000 ENVOY_ADMIN_PORT=29001 JWKS_PORT=29080 CTL_PORT=29081 INTRO_POR
 GRPC_PORT=29191 HTTP_PORT=29192 PG_PORT=29432
 REFRESH_MIN=10 MAX_STALE=120 MAX_AGE=30 MEMBER_TTL=15 MEMBER_STALE=300 HEADER_TIMEOUT=5
 NEW_RATE=5            # new users / new opaque tokens per second (each class)
+COOL=100              # sampling goes on this long after the load (idle HTTP pools close after 90 s)
 read -r DUR WARM GENS < <(python3 "$bench/soak_faults.py" info "$mode")
 
 say() { printf '\n[soak %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -153,6 +154,7 @@ export CITADEL_AUTHZ_DATABASE_URL="postgres://citadel:$pg_pw@127.0.0.1:$PG_PORT/
 # --- the IdP, citadel-authz, Envoy (CPU 1) ----------------------------------------------------
 start idp 1 python3 "$bench/soak_idp.py" serve "$fx" --issuer "$ISSUER" --audience "$AUDIENCE" \
   --jwks-port "$JWKS_PORT" --intro-port "$INTRO_PORT" --ctl-port "$CTL_PORT" --max-age "$MAX_AGE"
+idp_pid=$started
 wait_http "http://127.0.0.1:$JWKS_PORT/jwks.json"
 
 export CITADEL_SOAK_INTROSPECTION_SECRET
@@ -255,6 +257,7 @@ static_resources:
 YAML
 "$envoy" --mode validate -c "$work/envoy.yaml" -l error >/dev/null || { echo "soak: invalid envoy.yaml" >&2; exit 1; }
 start envoy 1 "$envoy" -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart -l warning
+envoy_pid=$started
 wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
 
 # expect CODE PATH [TOKEN]: one request through Envoy must get CODE (config sanity).
@@ -294,8 +297,8 @@ say "soak: $rate requests/s for $DUR s ($mode)"
 
 # --- the soak ------------------------------------------------------------------------------------
 t0=$(( $(date +%s) + 3 ))
-start sampler 0 python3 "$bench/soak_faults.py" sample --pid "$citadel_pid" --t0 "$t0" --duration "$DUR" \
-  --metrics "http://127.0.0.1:$HTTP_PORT/metrics" --out "$work/samples.csv"
+start sampler 0 python3 "$bench/soak_faults.py" sample --pid "$citadel_pid" --t0 "$t0" --duration $((DUR + COOL)) \
+  --metrics "http://127.0.0.1:$HTTP_PORT/metrics" --out "$work/samples.csv" --other "envoy=$envoy_pid" --other "idp=$idp_pid"
 sampler_pid=$started
 start faults 0 python3 "$bench/soak_faults.py" run "$mode" --t0 "$t0" --log "$work/faults.jsonl" \
   --state "$work/state.json" --ctl "http://127.0.0.1:$CTL_PORT" --metrics "http://127.0.0.1:$HTTP_PORT/metrics" \
@@ -305,10 +308,19 @@ faults_pid=$started
 sleep 0.5   # the schedule writes state.json (generation 0) before the client reads it
 tail -f "$work/faults.log" >&2 &
 tail_pid=$!; pids+=("$tail_pid")
-taskset -c 0 python3 "$bench/soak_load.py" --port "$ENVOY_PORT" --rate "$rate" --new-rate "$NEW_RATE" \
-  --t0 "$t0" --duration "$DUR" --conns 128 --fixtures "$fx" --state "$work/state.json" --out "$work/load.jsonl"
+# In the background and waited for: `wait` returns at a signal, so Ctrl-C / SIGTERM reach the trap.
+start load 0 python3 "$bench/soak_load.py" --port "$ENVOY_PORT" --rate "$rate" --new-rate "$NEW_RATE" \
+  --t0 "$t0" --duration "$DUR" --conns 256 --fixtures "$fx" --state "$work/state.json" --out "$work/load.jsonl"
+load_pid=$started
+tail -f "$work/load.log" >&2 &
+pids+=("$!")
+wait "$load_pid" || { echo "soak: the load client failed:" >&2; tail -n 20 "$work/load.log" >&2; exit 1; }
 wait "$faults_pid" || say "the fault schedule exited with $?"
+say "load done; sampling citadel-authz idle for $COOL s more (pooled connections time out)"
 wait "$sampler_pid" || true
+# What citadel-authz holds open now, for the report (the fd target compares with the start).
+ls -l "/proc/$citadel_pid/fd" > "$work/fds-end.txt" 2>/dev/null || true
+{ command -v ss >/dev/null && ss -tanp | grep "pid=$citadel_pid," || true; } > "$work/sockets-end.txt"
 kill "$tail_pid" 2>/dev/null || true
 
 # --- report --------------------------------------------------------------------------------------
@@ -319,7 +331,7 @@ python3 - "$work/meta.json" <<PY
 import json, sys
 json.dump({"mode": "$mode", "command": "$command_line", "commit": "$built_at", "date": "$(date -u +%Y-%m-%dT%H:%MZ)",
            "machine": "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)",
-           "t0": $t0, "duration": $DUR, "warmup": $WARM, "rate": $rate, "max_rps": $max_rps, "rate_note": "$rate_note",
+           "t0": $t0, "duration": $DUR, "warmup": $WARM, "cooldown": $COOL, "rate": $rate, "max_rps": $max_rps, "rate_note": "$rate_note",
            "refresh_min_s": $REFRESH_MIN, "max_stale_s": $MAX_STALE, "max_age_s": $MAX_AGE,
            "membership_ttl_s": $MEMBER_TTL, "membership_stale_s": $MEMBER_STALE, "header_timeout_s": $HEADER_TIMEOUT,
            "citadel_alive": "$alive" == "true"}, open(sys.argv[1], "w"))

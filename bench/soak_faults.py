@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -167,7 +168,16 @@ class Runner:
         self.policy_rev = 0
         self.invalid_i = 0
         self.attack_n = 0
+        self.children = []
         self.write_state()
+        # Stopped by soak.sh's cleanup (SIGTERM): the attack clients go too.
+        signal.signal(signal.SIGTERM, self.stop)
+
+    def stop(self, *_):
+        for p in self.children:
+            if p.poll() is None:
+                p.kill()
+        os._exit(143)
 
     def rel(self):
         return round(time.time() - self.t0, 2)
@@ -287,9 +297,11 @@ class Runner:
         def go():
             self.window(event, True)
             self.log(event + "_start", duration=duration, out=os.path.basename(out))
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.children.append(proc)
+            _, err = proc.communicate()
             self.window(event, False)
-            self.log(event + "_end", rc=r.returncode, out=os.path.basename(out), stderr=r.stderr[-500:])
+            self.log(event + "_end", rc=proc.returncode, out=os.path.basename(out), stderr=(err or "")[-500:])
         self.bg(go)
 
     def hostile_args(self, kinds, rate, duration):
@@ -329,16 +341,28 @@ class Runner:
         self.log("schedule_done")
 
 
+def cpu_s(pid, tck):
+    try:
+        with open(f"/proc/{pid}/stat") as s:
+            fields = s.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tck
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cmd_sample(a):
+    others = [o.split("=", 1) for o in a.other]
     with open(a.out, "w") as f:
         f.write("t,rss_mb,fds,threads,token_cache_entries,jwks_fetch_ok,jwks_fetch_error,"
                 "membership_hit,membership_miss,membership_stale,membership_error,introspection_calls,"
-                "reloads_ok,reloads_error,ready,citadel_cpu_pct,loadavg1\n")
+                "reloads_ok,reloads_error,ready,citadel_cpu_pct,loadavg1,"
+                + ",".join(f"{n}_cpu_pct" for n, _ in others) + "\n")
         f.flush()
         nxt = a.t0
         end = a.t0 + a.duration
         tck = os.sysconf("SC_CLK_TCK")
         last_cpu = last_t = None
+        last_other = [None] * len(others)
         while nxt <= end + 0.01:
             delay = nxt - time.time()
             if delay > 0:
@@ -355,7 +379,7 @@ def cmd_sample(a):
                 with open("/proc/loadavg") as s:
                     load1 = s.read().split()[0]
             except (OSError, AttributeError, IndexError, ValueError):
-                f.write(f"{round(time.time() - a.t0, 1)},,,,,,,,,,,,,,,,\n")
+                f.write(f"{round(time.time() - a.t0, 1)}" + "," * (16 + len(others)) + "\n")
                 f.flush()
                 nxt += a.interval
                 continue
@@ -372,8 +396,13 @@ def cmd_sample(a):
             cells = ["" if v is None else str(int(v)) for v in vals]
             now = time.time()
             pct = "" if last_cpu is None else f"{100 * (cpu - last_cpu) / (now - last_t):.0f}"
+            extra = []
+            for i, (_, opid) in enumerate(others):
+                c = cpu_s(opid, tck)
+                extra.append("" if c is None or last_other[i] is None else f"{100 * (c - last_other[i]) / (now - last_t):.0f}")
+                last_other[i] = c
             last_cpu, last_t = cpu, now
-            f.write(f"{round(now - a.t0, 1)},{rss:.1f},{fds},{threads}," + ",".join(cells) + f",{pct},{load1}\n")
+            f.write(f"{round(now - a.t0, 1)},{rss:.1f},{fds},{threads}," + ",".join(cells) + f",{pct},{load1}," + ",".join(extra) + "\n")
             f.flush()
             nxt += a.interval
 
@@ -400,6 +429,7 @@ def main():
     s.add_argument("--interval", type=float, default=10)
     s.add_argument("--metrics", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--other", action="append", default=[], help="NAME=PID: also sample its CPU")
     a = p.parse_args()
     if a.cmd == "info":
         d, w, g, _ = plan(a.mode)

@@ -274,6 +274,7 @@ def intro_handler(st):
 
     class H(quiet_handler(BaseHTTPRequestHandler)):
         protocol_version = "HTTP/1.1"
+        timeout = 30  # an idle keep-alive connection is closed after 30 s, as real servers do
 
         def do_POST(self):
             n = int(self.headers.get("Content-Length") or 0)

@@ -40,7 +40,7 @@ impl Offline {
             .membership
             .as_ref()
             .map(|m| Arc::new(Membership::new(m, None, stop_rx)));
-        let mut runtime = Runtime::new(config, Arc::new(Metrics::new()), keys_for);
+        let mut runtime = Runtime::new(config, Arc::new(Metrics::new()), keys_for, None);
         runtime.membership = membership;
         Offline { runtime, stop }
     }

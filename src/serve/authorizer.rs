@@ -78,12 +78,16 @@ pub struct Issuer {
 }
 
 /// A configuration in force: compiled policy plus issuers with their key stores.
-/// The verified-token cache is per runtime: a reload starts empty, so no verdict reached under
-/// an old configuration applies to a new one.
+///
+/// What a reload keeps (see [`Runtime::new`]): a verdict reached under the old configuration is
+/// reused only where the new one would reach the same verdict. The policy is evaluated on every
+/// check, so a policy-only change keeps both caches.
 pub struct Runtime {
     pub config: Config,
     pub issuers: Vec<Issuer>,
-    pub cache: TokenCache,
+    /// The verified-token cache: shared with the previous runtime when the issuers, the JWKS
+    /// timing and the cache settings are all unchanged, else empty.
+    pub cache: Arc<TokenCache>,
     pub metrics: Arc<Metrics>,
     /// The membership store, when `membership` is configured. Kept across reloads that do not
     /// change it (see [`crate::serve::reload`]), so its cache and connections survive.
@@ -92,11 +96,20 @@ pub struct Runtime {
 
 impl Runtime {
     /// Pair each configured issuer with its key store (`keys_for` finds or creates one).
+    ///
+    /// `previous` (a reload) lends what the new configuration cannot tell apart from its own:
+    /// the token cache (an entry names its issuer by index and its key by fingerprint, and a
+    /// hit is still refused when the key has left the set), and each issuer's introspection
+    /// answer cache when that issuer's settings are unchanged. Without this a valid reload
+    /// during an IdP outage turned every cached opaque token into a 503 (SPEC §9: 503 "unless a
+    /// cached answer for this token is still valid"), and every reload re-verified every token.
     pub fn new(
         config: Config,
         metrics: Arc<Metrics>,
         mut keys_for: impl FnMut(&IssuerConfig) -> Arc<IssuerKeys>,
+        previous: Option<&Runtime>,
     ) -> Self {
+        let capacity = config.token_cache.capacity;
         let issuers = config
             .issuers
             .iter()
@@ -104,15 +117,23 @@ impl Runtime {
                 config: c.clone(),
                 name: Arc::from(c.name.as_str()),
                 keys: keys_for(c),
-                introspection: Introspector::new(
-                    c,
-                    config.token_cache.capacity,
-                    Arc::clone(&metrics) as Arc<dyn crate::sources::introspection::Observer>,
-                )
-                .map(Arc::new),
+                introspection: previous
+                    .and_then(|p| p.same_introspection(c, capacity))
+                    .or_else(|| {
+                        Introspector::new(
+                            c,
+                            capacity,
+                            Arc::clone(&metrics)
+                                as Arc<dyn crate::sources::introspection::Observer>,
+                        )
+                        .map(Arc::new)
+                    }),
             })
             .collect();
-        let cache = TokenCache::new(config.token_cache.capacity, config.token_cache.max_ttl);
+        let cache = match previous {
+            Some(p) if p.same_verdicts(&config) => Arc::clone(&p.cache),
+            _ => Arc::new(TokenCache::new(capacity, config.token_cache.max_ttl)),
+        };
         Runtime {
             config,
             issuers,
@@ -120,6 +141,32 @@ impl Runtime {
             metrics,
             membership: None,
         }
+    }
+
+    /// Whether a token verified under this runtime gets the same verdict under `config`: the
+    /// same issuers in the same order (an entry holds its issuer's index), key sets fetched the
+    /// same way, the same cache bounds and token size limit.
+    fn same_verdicts(&self, config: &Config) -> bool {
+        self.config.issuers == config.issuers
+            && self.config.jwks == config.jwks
+            && self.config.token_cache == config.token_cache
+            && self.config.max_token_bytes == config.max_token_bytes
+    }
+
+    /// This runtime's introspection for an issuer configured exactly as `issuer` (an answer's
+    /// identity is judged by the issuer's claim rules, so any change to them starts afresh).
+    fn same_introspection(
+        &self,
+        issuer: &IssuerConfig,
+        capacity: u64,
+    ) -> Option<Arc<Introspector>> {
+        if issuer.introspection.is_none() || self.config.token_cache.capacity != capacity {
+            return None;
+        }
+        self.issuers
+            .iter()
+            .find(|i| i.config == *issuer)
+            .and_then(|i| i.introspection.clone())
     }
 
     /// Ready when every issuer has a usable key set; otherwise every issuer that has none, so

@@ -26,7 +26,8 @@ pub use crate::core::token_hash::{TokenHash, keyed_hash, random_key};
 #[derive(Debug)]
 pub struct Verified {
     pub identity: Arc<Identity>,
-    /// Index of the issuer in the runtime that verified it (the cache is cleared on reload).
+    /// Index of the issuer in the runtime that verified it (a reload keeps the cache only when
+    /// the issuer list is unchanged, so the index stays right).
     pub issuer_index: usize,
     pub key_fingerprint: u64,
     /// Wall-clock deadline: `exp` + leeway, seconds since the epoch.

@@ -78,6 +78,7 @@ impl KeyStores {
                     keys
                 })
             },
+            previous,
         );
         runtime.membership = membership;
         for keys in fresh {

@@ -1,8 +1,8 @@
 //! RFC 7662 token introspection (SPEC §9): the source of verdicts for opaque tokens and, with
 //! `tokens: all`, of revocation for JWTs.
 //!
-//! One [`Introspector`] per introspecting issuer and configuration in force (a reload starts with
-//! an empty cache, like the verified-token cache). The call follows the JWKS client's rules:
+//! One [`Introspector`] per introspecting issuer, kept with its answer cache across reloads that
+//! leave that issuer's settings unchanged (see `Runtime::new`). The call follows the JWKS client's rules:
 //! rustls, no redirects (a redirect could lead to an unchecked URL or replay the client
 //! credentials elsewhere), a whole-call timeout, an answer of at most 64 KiB. Concurrent checks
 //! of one token share one call (single flight, in a spawned task, so a cancelled request never

@@ -907,6 +907,96 @@ async fn a_revoked_jwt_is_refused_with_tokens_all_even_from_the_verified_token_c
     server.stop().await;
 }
 
+/// Found by the soak (`bench/soak.sh`): a valid reload used to start both caches empty, so a
+/// policy edit while the IdP hung turned every cached opaque token into a 503 (SPEC §9: 503
+/// only when no cached answer is still valid) and made every cached JWT verify again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_reload_keeps_cached_answers_and_verdicts_while_the_idp_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key(jsonwebtoken::Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let hostile = Hostile::start().await;
+    let secret = secret_file(dir.path(), "s");
+    let yaml =
+        hostile_config(&jwks, &hostile, "      cache_ttl: 60s").replace("SECRET_FILE", &secret);
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let server = InProcess::start_file(&path).await;
+    server.wait_ready().await;
+    hostile.set(Answer::Json(
+        json!({"active": true, "iss": jwks.issuer(), "aud": "api",
+        "sub": "alice", "tenant_id": "acme", "scope": "reader", "exp": now() + 600}),
+    ));
+    let jwt = key.mint(&claims(&jwks.issuer(), "bob", "acme", &["reader"]));
+    for token in ["opaque-cached", jwt.as_str()] {
+        assert_eq!(
+            status_of(&server.check_token("/api/orders/1", token).await),
+            200
+        );
+    }
+    assert_eq!(hostile.calls(), 1);
+
+    // The IdP hangs; the policy changes (a new rule): the cached answer and verdict still serve.
+    hostile.set(Answer::Hang);
+    let reloads = |m: &str| sample(m, "citadel_authz_config_reloads_total", &["ok"]);
+    let with_status = yaml.replace(
+        "  rules:\n",
+        "  rules:\n    - name: status\n      paths: [/status]\n      public: true\n",
+    );
+    let reloaded = |yaml: String| {
+        let (server, path) = (&server, &path);
+        async move {
+            let before = reloads(&server.metrics().await);
+            std::fs::write(path, yaml).unwrap();
+            eventually(Duration::from_secs(10), "the reload", || async {
+                (reloads(&server.metrics().await) > before).then_some(())
+            })
+            .await;
+        }
+    };
+    reloaded(with_status.clone()).await;
+    assert_eq!(status_of(&server.check("GET", "/status", &[]).await), 200);
+    assert_allowed(
+        &server.check_token("/api/orders/1", "opaque-cached").await,
+        "alice",
+        "acme",
+        "reader",
+    );
+    assert_eq!(
+        hostile.calls(),
+        1,
+        "the answer came from the cache kept over the reload"
+    );
+    let hits = |m: &str| sample(m, "citadel_authz_token_cache_hits_total", &[]);
+    let misses = |m: &str| sample(m, "citadel_authz_token_cache_misses_total", &[]);
+    let before = server.metrics().await;
+    assert_allowed(
+        &server.check_token("/api/orders/1", &jwt).await,
+        "bob",
+        "acme",
+        "reader",
+    );
+    let after = server.metrics().await;
+    assert_eq!(hits(&after), hits(&before) + 1.0, "{after}");
+    assert_eq!(misses(&after), misses(&before), "{after}");
+
+    // A change to the introspecting issuer itself starts both caches afresh: no verdict reached
+    // under the old rules survives it.
+    reloaded(with_status.replace("cache_ttl: 60s", "cache_ttl: 30s")).await;
+    assert_unavailable(
+        &server.check_token("/api/orders/1", "opaque-cached").await,
+        "no answer within 1s",
+    );
+    let before = server.metrics().await;
+    assert_eq!(
+        status_of(&server.check_token("/api/orders/1", &jwt).await),
+        200
+    );
+    let after = server.metrics().await;
+    assert_eq!(misses(&after), misses(&before) + 1.0, "{after}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_an_introspecting_issuer_an_opaque_token_is_401_invalid_token() {
     let key = key(jsonwebtoken::Algorithm::ES256, "k1");

@@ -497,7 +497,7 @@ async fn the_password_never_appears_in_error_texts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reestablished_listen_drops_every_entry() {
+async fn a_reestablished_listen_asks_again_for_every_entry() {
     let pg = cluster().await;
     pg.exec("INSERT INTO memberships (issuer, subject, tenant, role) VALUES ('iam', 'alice', 'acme', 'admin')")
         .await;
@@ -512,7 +512,8 @@ async fn a_reestablished_listen_drops_every_entry() {
     })
     .await;
 
-    // An outage: notifications sent meanwhile would be lost, so the entry (ttl 1 h) must go.
+    // An outage: notifications sent meanwhile would be lost, so the entry (ttl 1 h) is asked for
+    // again (and, until the store answers, would serve as stale: see the cache unit tests).
     pg.stop();
     pg.start_again();
     listening(&pg).await;

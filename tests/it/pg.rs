@@ -206,7 +206,21 @@ impl PgCluster {
             .unwrap();
         }
         cluster.watchdog();
-        cluster.start_again();
+        // `free_port` only found a port that was free a moment ago: a parallel test (Envoy, an
+        // IdP, another cluster) can take it first. Then start on another one (the last `port`
+        // line of postgresql.conf wins); any other failure fails at once.
+        let mut cluster = cluster;
+        let mut attempts = 0;
+        while let Err(failure) = cluster.try_start() {
+            attempts += 1;
+            assert!(
+                attempts < 5 && failure.contains("could not bind"),
+                "{failure}"
+            );
+            cluster.port = crate::support::free_port();
+            std::io::Write::write_all(&mut file, format!("\nport = {}\n", cluster.port).as_bytes())
+                .unwrap();
+        }
         let admin = cluster.superuser("postgres").await;
         // Two statements: CREATE DATABASE cannot run inside the implicit transaction of a batch.
         admin
@@ -287,6 +301,12 @@ impl PgCluster {
 
     /// `pg_ctl start -w`: the cluster (again), on the same port.
     pub fn start_again(&self) {
+        if let Err(failure) = self.try_start() {
+            panic!("{failure}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let data = self.data();
         let log = self.dir.path().join("server.log");
         let out = self.run(
@@ -302,13 +322,15 @@ impl PgCluster {
                 "start",
             ],
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}\n{}",
-            text(&out),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start failed: {}\n{}",
+                text(&out),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
         self.running.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// `pg_ctl stop -m immediate`: every connection is cut at once, as in a crash.

@@ -7,12 +7,17 @@
 //! sender is dropped if the flight itself dies, so nobody waits on a flight that will never answer.
 //! Invalidation (NOTIFY) bumps a generation; a flight that started under an older generation still
 //! answers its waiters but does not store its answer, which may predate the change.
+//! Notifications possibly missed (the listening connection re-established) *expire* every entry
+//! instead: each is asked for again, but still serves as stale while the store cannot answer —
+//! the store is usually just back from the outage that broke the listen, and its query
+//! connections may not be.
 //!
 //! No I/O of its own: the store hands in the fetch.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +52,8 @@ struct Entry {
     memberships: Arc<Memberships>,
     /// When the fetch that produced it started: the data is at least this old.
     fetched: Instant,
+    /// [`Cache::expiries`] when it was stored.
+    expiries: u64,
 }
 
 type Answer = Result<Arc<Memberships>, Unavailable>;
@@ -60,6 +67,9 @@ pub(crate) struct Cache {
     generation: Mutex<u64>,
     ttl: Duration,
     max_stale: Duration,
+    /// Bumped by [`Cache::expire_all`]: an entry stored under an older value is not fresh. An
+    /// atomic, not a lock: every lookup reads it.
+    expiries: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +93,7 @@ impl Cache {
             generation: Mutex::new(0),
             ttl,
             max_stale,
+            expiries: AtomicU64::new(0),
         }
     }
 
@@ -91,7 +102,7 @@ impl Cache {
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> bool {
-        now < entry.fetched + self.ttl
+        now < entry.fetched + self.ttl && entry.expiries == self.expiries.load(Ordering::Acquire)
     }
 
     /// The memberships of `user` for `issuer`: from a fresh entry, else from the store through a
@@ -202,6 +213,9 @@ impl Cache {
                 Entry {
                     memberships: Arc::clone(memberships),
                     fetched,
+                    // Stored under the generation lock, which expire_all also takes: the
+                    // count cannot move under us.
+                    expiries: self.expiries.load(Ordering::Acquire),
                 },
             );
         }
@@ -216,14 +230,24 @@ impl Cache {
         }
     }
 
-    /// Drop every entry (an empty NOTIFY, or a listening connection re-established: notifications
-    /// may have been missed).
+    /// Drop every entry (an empty NOTIFY).
     pub(crate) fn invalidate_all(&self) {
         let mut generation = lock(&self.generation);
         *generation = generation.wrapping_add(1);
         if let Some(entries) = &self.entries {
             entries.clear();
         }
+    }
+
+    /// Make every entry stale (a listening connection re-established: notifications may have
+    /// been missed). The next lookup of each asks the store; while the store cannot answer, the
+    /// entry serves as stale within `max_stale` past its ttl, as it would have without the
+    /// outage of the listen. Flights already running do not store their answers.
+    pub(crate) fn expire_all(&self) {
+        let mut generation = lock(&self.generation);
+        *generation = generation.wrapping_add(1);
+        // Under the generation lock, so no flight stores between the two bumps.
+        self.expiries.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Lookups in flight now.
@@ -483,6 +507,73 @@ mod tests {
             );
         tokio::time::advance(Duration::from_millis(100)).await;
         cache.invalidate("iam", "carol");
+        assert_eq!(&*pending.await.unwrap().unwrap().memberships, &rows("old"));
+        let again = cache
+            .lookup("iam", "carol", || fetcher(&script, &calls, z))
+            .await
+            .unwrap();
+        assert_eq!(again.outcome, Outcome::Miss);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_asked_again_and_serve_as_stale_while_the_store_is_down() {
+        let cache = Arc::new(Cache::new(
+            10,
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        ));
+        let script: Script = Arc::new(Mutex::new(Ok(rows("acme"))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let z = Duration::ZERO;
+        for user in ["alice", "bob"] {
+            cache
+                .lookup("iam", user, || fetcher(&script, &calls, z))
+                .await
+                .unwrap();
+        }
+        // The listen came back: both are asked again (ttl 1 h notwithstanding) …
+        cache.expire_all();
+        *lock(&script) = Ok(rows("globex"));
+        let a = cache
+            .lookup("iam", "alice", || fetcher(&script, &calls, z))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.outcome, &*a.memberships),
+            (Outcome::Miss, &rows("globex"))
+        );
+        let a = cache
+            .lookup("iam", "alice", || fetcher(&script, &calls, z))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.outcome,
+            Outcome::Hit,
+            "the answer after the expiry is fresh"
+        );
+        // … and one the store cannot answer yet is served as stale, not refused.
+        *lock(&script) = Err(down());
+        let b = cache
+            .lookup("iam", "bob", || fetcher(&script, &calls, z))
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.outcome, &*b.memberships),
+            (Outcome::Stale, &rows("acme"))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        // A flight running when the expiry comes answers, but is not kept as fresh.
+        *lock(&script) = Ok(rows("old"));
+        let c2 = Arc::clone(&cache);
+        let (s2, k2) = (Arc::clone(&script), Arc::clone(&calls));
+        let slow = Duration::from_secs(1);
+        let pending =
+            tokio::spawn(
+                async move { c2.lookup("iam", "carol", || fetcher(&s2, &k2, slow)).await },
+            );
+        tokio::time::advance(Duration::from_millis(100)).await;
+        cache.expire_all();
         assert_eq!(&*pending.await.unwrap().unwrap().memberships, &rows("old"));
         let again = cache
             .lookup("iam", "carol", || fetcher(&script, &calls, z))

@@ -11,8 +11,9 @@
 //!   connection, which may be stuck on a dead network path).
 //! - The answers go through [`super::cache`] (ttl, max_stale, single flight).
 //! - With `notify_channel`, one more connection `LISTEN`s: `'<issuer name> <user id>'` drops that
-//!   entry, `''` drops all; every time the listen is (re-)established every entry is dropped,
-//!   since notifications may have been missed while it was down.
+//!   entry, `''` drops all; every time the listen is (re-)established every entry is expired
+//!   (asked again, and used as stale while the store cannot answer), since notifications may
+//!   have been missed while it was down.
 //!
 //! - `sslmode=require` in the connection string: TLS with rustls, the server certificate verified
 //!   ([`tls`]); any other mode connects in plain text.
@@ -628,8 +629,9 @@ async fn listen(
         },
         e = &mut driver => return e,
     }
-    // Notifications sent while we were not listening are lost: forget everything.
-    shared.cache.invalidate_all();
+    // Notifications sent while we were not listening are lost: ask the store again for every
+    // cached user (stale entries still serve while it cannot answer).
+    shared.cache.expire_all();
     *backoff = BACKOFF_FIRST;
     *established = true;
     tracing::info!(channel, "membership store: listening for invalidations");

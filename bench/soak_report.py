@@ -205,6 +205,7 @@ def main():
             attacks.append((os.path.basename(p), None))
     hostile_bad = 0
     hostile_sent = 0
+    hostile_not_sent = 0
     hostile_rows = {}
     slow_rows = {}
     for name, d in attacks:
@@ -214,6 +215,7 @@ def main():
         if "results" in d:
             hostile_sent += d["sent"]
             hostile_bad += d["unexpected_count"]
+            hostile_not_sent += d.get("not_sent", 0)
             for kind, counts in d["results"].items():
                 row = hostile_rows.setdefault(kind, {})
                 for k, n in counts.items():
@@ -227,6 +229,10 @@ def main():
             expected_of.update(d["expected"])
     targets.append(("hostile requests answered otherwise than expected (any 2xx or 5xx, a wrong 4xx, no answer)",
                     hostile_bad, "0", hostile_bad == 0))
+    # Not a target of its own: the main load's "requests never sent" target judges whether the
+    # servers fell behind; this says how much of the attack that cost.
+    targets.append(("hostile requests not sent: the attacker's 1,000-request backlog was full (not a target: see the main load's row)",
+                    f"{hostile_not_sent:,} of {hostile_sent:,}", "—", None))
     ht = meta["header_timeout_s"]
     slow_ok = True
     for k, vs in slow_rows.items():
@@ -263,7 +269,8 @@ def main():
     L.append("| target | value | goal | verdict |")
     L.append("|---|---|---|---|")
     for name, v, goal, ok in targets:
-        L.append(f"| {name} | {v if isinstance(v, str) else fmt(v)} | {goal} | {'**pass**' if ok else '**FAIL**'} |")
+        verdict = "info" if ok is None else ("**pass**" if ok else "**FAIL**")
+        L.append(f"| {name} | {v if isinstance(v, str) else fmt(v)} | {goal} | {verdict} |")
     L.append("")
     L.append("## Load")
     L.append("")
@@ -443,9 +450,10 @@ def main():
     L.append("")
     L.append("Raw data: bench/results/soak-latest-load.jsonl (per second), soak-latest-samples.csv, "
              "soak-latest-faults.jsonl, soak-latest-idp.json.")
-    failed = [t for t in targets if not t[3]]
+    judged = [t for t in targets if t[3] is not None]
+    failed = [t for t in judged if not t[3]]
     L.append("")
-    L.append(f"**Result: {'PASS' if not failed else 'FAIL'}** ({len(targets) - len(failed)}/{len(targets)} targets met).")
+    L.append(f"**Result: {'PASS' if not failed else 'FAIL'}** ({len(judged) - len(failed)}/{len(judged)} targets met).")
     text = "\n".join(L) + "\n"
     with open(out_path, "w") as f:
         f.write(text)

@@ -51,10 +51,21 @@ policy:
         p_uri = partner.jwks_uri(),
     );
     let server = InProcess::start(&yaml).await;
-    let (iam_c, partner_c) = (iam.clone(), partner.clone());
-    eventually(Duration::from_secs(10), "both JWKS fetched", || {
-        let (a, b) = (iam_c.fetches(), partner_c.fetches());
-        async move { (a > 0 && b > 0).then_some(()) }
+    // Wait for the key sets to be installed, not merely fetched: the JWKS server counts a fetch
+    // before citadel-authz has parsed and installed the answer, and a check in between is a 503.
+    eventually(Duration::from_secs(10), "both key sets installed", || {
+        let metrics = server.metrics();
+        async move {
+            let m = metrics.await;
+            let installed = |issuer: &str| {
+                sample(
+                    &m,
+                    "citadel_authz_jwks_keys",
+                    &[&format!(r#"issuer="{issuer}""#)],
+                ) > 0.0
+            };
+            (installed("iam") && installed("partner")).then_some(())
+        }
     })
     .await;
     Setup {

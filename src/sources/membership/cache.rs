@@ -58,6 +58,10 @@ struct Entry {
 
 type Answer = Result<Arc<Memberships>, Unavailable>;
 
+/// How long a check with a usable stale entry waits for the store before using that entry. Well
+/// under Envoy's default ext_authz timeout (200 ms); a healthy store answers in a few ms.
+pub(crate) const STALE_WAIT: Duration = Duration::from_millis(100);
+
 pub(crate) struct Cache {
     /// `None`: capacity 0, nothing is kept (single flight still applies).
     entries: Option<quick_cache::sync::Cache<Key, Entry>>,
@@ -105,9 +109,15 @@ impl Cache {
         now < entry.fetched + self.ttl && entry.expiries == self.expiries.load(Ordering::Acquire)
     }
 
+    /// Whether `entry` may still serve as stale: within `max_stale` past its ttl.
+    fn usable(&self, entry: &Entry) -> bool {
+        Instant::now() < entry.fetched + self.ttl + self.max_stale
+    }
+
     /// The memberships of `user` for `issuer`: from a fresh entry, else from the store through a
     /// flight (`start` makes its fetch; it is called only when this caller starts the flight),
-    /// else, when the store cannot answer, from an entry within `max_stale` past its ttl.
+    /// else, when the store cannot answer (or not within [`STALE_WAIT`]), from an entry within
+    /// `max_stale` past its ttl.
     pub(crate) async fn lookup<S, F>(
         self: &Arc<Self>,
         issuer: &str,
@@ -118,18 +128,41 @@ impl Cache {
         S: FnOnce() -> F,
         F: Future<Output = Result<Memberships, Unavailable>> + Send + 'static,
     {
-        if let Some(entry) = self.get(issuer, user)
-            && self.fresh(&entry, Instant::now())
+        let cached = self.get(issuer, user);
+        if let Some(entry) = &cached
+            && self.fresh(entry, Instant::now())
         {
-            return Ok(hit(entry.memberships));
+            return Ok(hit(Arc::clone(&entry.memberships)));
         }
         let mut rx = match self.join_or_start(issuer, user, start) {
             Joined::Hit(m) => return Ok(hit(m)),
             Joined::Wait(rx) => rx,
         };
-        let answer = match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone(),
-            Err(_) => None,
+        let mut wait = std::pin::pin!(async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone(),
+                Err(_) => None,
+            }
+        });
+        // With an entry that could serve as stale, a store slower than STALE_WAIT counts as one
+        // that cannot answer: the check must not outlast the gateway's own timeout waiting for a
+        // database that is going down. The flight goes on and stores its answer when it lands.
+        let answer = if cached.is_some_and(|e| self.usable(&e)) {
+            match tokio::time::timeout(STALE_WAIT, &mut wait).await {
+                Ok(answer) => answer,
+                Err(_) => match self.get(issuer, user) {
+                    // Read again: a NOTIFY while we waited removed what we saw.
+                    Some(entry) if self.usable(&entry) => {
+                        return Ok(Lookup {
+                            memberships: entry.memberships,
+                            outcome: Outcome::Stale,
+                        });
+                    }
+                    _ => wait.await,
+                },
+            }
+        } else {
+            wait.await
         };
         let error = match answer {
             Some(Ok(memberships)) => {
@@ -146,12 +179,10 @@ impl Cache {
         };
         // Read again: an invalidation while the flight ran must not be undone by a stale answer.
         match self.get(issuer, user) {
-            Some(entry) if Instant::now() < entry.fetched + self.ttl + self.max_stale => {
-                Ok(Lookup {
-                    memberships: entry.memberships,
-                    outcome: Outcome::Stale,
-                })
-            }
+            Some(entry) if self.usable(&entry) => Ok(Lookup {
+                memberships: entry.memberships,
+                outcome: Outcome::Stale,
+            }),
             _ => Err(error),
         }
     }
@@ -513,6 +544,74 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.outcome, Outcome::Miss);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_slower_than_stale_wait_is_answered_from_the_stale_entry() {
+        let cache = Arc::new(Cache::new(
+            10,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        ));
+        let script: Script = Arc::new(Mutex::new(Ok(rows("acme"))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let z = Duration::ZERO;
+        for user in ["alice", "bob"] {
+            cache
+                .lookup("iam", user, || fetcher(&script, &calls, z))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // A store answering within STALE_WAIT is waited for: the change is seen.
+        *lock(&script) = Ok(rows("globex"));
+        let quick = STALE_WAIT / 2;
+        let a = cache
+            .lookup("iam", "alice", || fetcher(&script, &calls, quick))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.outcome, &*a.memberships),
+            (Outcome::Miss, &rows("globex"))
+        );
+        // One slower than that: the stale entry after STALE_WAIT, not after the store's 10 s.
+        let slow = Duration::from_secs(10);
+        let began = Instant::now();
+        let b = cache
+            .lookup("iam", "bob", || fetcher(&script, &calls, slow))
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.outcome, &*b.memberships),
+            (Outcome::Stale, &rows("acme"))
+        );
+        assert_eq!(began.elapsed(), STALE_WAIT);
+        // The flight went on and its answer is kept.
+        tokio::time::sleep(slow).await;
+        let b = cache
+            .lookup("iam", "bob", || fetcher(&script, &calls, z))
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.outcome, &*b.memberships),
+            (Outcome::Hit, &rows("globex"))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // A NOTIFY while a check waits: nothing stale is left to serve, it waits for the store.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let pending = {
+            let (cache, script, calls) =
+                (Arc::clone(&cache), Arc::clone(&script), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .lookup("iam", "bob", || fetcher(&script, &calls, slow))
+                    .await
+            })
+        };
+        tokio::time::advance(STALE_WAIT / 2).await;
+        cache.invalidate("iam", "bob");
+        let b = pending.await.unwrap().unwrap();
+        assert_eq!(b.outcome, Outcome::Miss);
     }
 
     #[tokio::test(start_paused = true)]

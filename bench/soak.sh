@@ -39,6 +39,9 @@ export ISSUER=https://iam.soak.local AUDIENCE=https://api.soak.local
 ENVOY_PORT=29000 ENVOY_ADMIN_PORT=29001 JWKS_PORT=29080 CTL_PORT=29081 INTRO_PORT=29094
 GRPC_PORT=29191 HTTP_PORT=29192 PG_PORT=29432
 REFRESH_MIN=10 MAX_STALE=120 MAX_AGE=30 MEMBER_TTL=15 MEMBER_STALE=300 HEADER_TIMEOUT=5
+# Small enough that the first token switch fills the token cache: memory is judged once the caches
+# are at their bounds (a filling cache is growth by design, ~360 B a token).
+TOKEN_CACHE=20000
 NEW_RATE=5            # new users / new opaque tokens per second (each class)
 COOL=100              # sampling goes on this long after the load (idle HTTP pools close after 90 s)
 read -r DUR WARM GENS < <(python3 "$bench/soak_faults.py" info "$mode")
@@ -179,6 +182,8 @@ issuers:
       tokens: opaque
       cache_ttl: 1h
       timeout: 250ms
+token_cache:
+  capacity: $TOKEN_CACHE
 jwks:
   refresh_min: ${REFRESH_MIN}s
   refresh_max: 5m
@@ -334,6 +339,7 @@ json.dump({"mode": "$mode", "command": "$command_line", "commit": "$built_at", "
            "t0": $t0, "duration": $DUR, "warmup": $WARM, "cooldown": $COOL, "rate": $rate, "max_rps": $max_rps, "rate_note": "$rate_note",
            "refresh_min_s": $REFRESH_MIN, "max_stale_s": $MAX_STALE, "max_age_s": $MAX_AGE,
            "membership_ttl_s": $MEMBER_TTL, "membership_stale_s": $MEMBER_STALE, "header_timeout_s": $HEADER_TIMEOUT,
+           "token_cache_capacity": $TOKEN_CACHE,
            "citadel_alive": "$alive" == "true"}, open(sys.argv[1], "w"))
 PY
 cp "$work/load.jsonl" "$results/soak-latest-load.jsonl"

@@ -148,9 +148,17 @@ def main():
                         "idle": cool[-1][key] if cool and cool[-1][key] is not None else None,
                         "slope": slope_per_10min([(s["t"], s[key]) for s in quiet if s[key] is not None])}
         rss = res["rss_mb"]
-        allowed = max(0.10 * rss["after_warmup"], 8.0)
-        growth = rss["last"] - rss["after_warmup"]
-        targets.append((f"RSS growth under load after warm-up (last − at {warm} s; allowed max(10 %, 8 MB) = {allowed:.1f} MB)",
+        # A filling token cache is growth by design (bounded by its capacity): memory is judged from
+        # the first sample after warm-up at which the cache is full, when the run gets there.
+        cap = meta.get("token_cache_capacity")
+        full = [s for s in after if cap and s["token_cache_entries"] is not None
+                and s["token_cache_entries"] >= 0.98 * cap]
+        base = full[0] if full else after[0]
+        since = (f"at {base['t']:.0f} s, the token cache full ({cap:,})" if full
+                 else f"at {warm} s; the token cache never filled")
+        allowed = max(0.10 * base["rss_mb"], 8.0)
+        growth = rss["last"] - base["rss_mb"]
+        targets.append((f"RSS growth under load (last − {since}; allowed max(10 %, 8 MB) = {allowed:.1f} MB)",
                         f"{growth:+.1f} MB", f"≤ {allowed:.1f} MB", growth <= allowed))
         fds = res["fds"]
         if fds["idle"] is not None:

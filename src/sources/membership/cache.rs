@@ -60,7 +60,7 @@ type Answer = Result<Arc<Memberships>, Unavailable>;
 
 /// How long a check with a usable stale entry waits for the store before using that entry. Well
 /// under Envoy's default ext_authz timeout (200 ms); a healthy store answers in a few ms.
-pub(crate) const STALE_WAIT: Duration = Duration::from_millis(100);
+const STALE_WAIT: Duration = Duration::from_millis(100);
 
 pub(crate) struct Cache {
     /// `None`: capacity 0, nothing is kept (single flight still applies).
@@ -114,6 +114,15 @@ impl Cache {
         Instant::now() < entry.fetched + self.ttl + self.max_stale
     }
 
+    /// The current entry as a stale answer, if it is still usable.
+    fn stale(&self, issuer: &str, user: &str) -> Option<Lookup> {
+        let entry = self.get(issuer, user).filter(|e| self.usable(e))?;
+        Some(Lookup {
+            memberships: entry.memberships,
+            outcome: Outcome::Stale,
+        })
+    }
+
     /// The memberships of `user` for `issuer`: from a fresh entry, else from the store through a
     /// flight (`start` makes its fetch; it is called only when this caller starts the flight),
     /// else, when the store cannot answer (or not within [`STALE_WAIT`]), from an entry within
@@ -150,15 +159,10 @@ impl Cache {
         let answer = if cached.is_some_and(|e| self.usable(&e)) {
             match tokio::time::timeout(STALE_WAIT, &mut wait).await {
                 Ok(answer) => answer,
-                Err(_) => match self.get(issuer, user) {
-                    // Read again: a NOTIFY while we waited removed what we saw.
-                    Some(entry) if self.usable(&entry) => {
-                        return Ok(Lookup {
-                            memberships: entry.memberships,
-                            outcome: Outcome::Stale,
-                        });
-                    }
-                    _ => wait.await,
+                // Read again: a NOTIFY while we waited removed what we saw.
+                Err(_) => match self.stale(issuer, user) {
+                    Some(lookup) => return Ok(lookup),
+                    None => wait.await,
                 },
             }
         } else {
@@ -178,13 +182,7 @@ impl Cache {
             },
         };
         // Read again: an invalidation while the flight ran must not be undone by a stale answer.
-        match self.get(issuer, user) {
-            Some(entry) if self.usable(&entry) => Ok(Lookup {
-                memberships: entry.memberships,
-                outcome: Outcome::Stale,
-            }),
-            _ => Err(error),
-        }
+        self.stale(issuer, user).ok_or(error)
     }
 
     fn join_or_start<S, F>(self: &Arc<Self>, issuer: &str, user: &str, start: S) -> Joined
@@ -331,6 +329,20 @@ mod tests {
     }
 
     type Script = Arc<Mutex<Result<Memberships, Unavailable>>>;
+
+    /// A cache (capacity 10, `ttl`, max_stale 60 s) holding alice and bob in `acme`, one fetch each.
+    async fn primed(ttl: Duration) -> (Arc<Cache>, Script, Arc<AtomicUsize>) {
+        let cache = Arc::new(Cache::new(10, ttl, Duration::from_secs(60)));
+        let script: Script = Arc::new(Mutex::new(Ok(rows("acme"))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        for user in ["alice", "bob"] {
+            cache
+                .lookup("iam", user, || fetcher(&script, &calls, Duration::ZERO))
+                .await
+                .unwrap();
+        }
+        (cache, script, calls)
+    }
 
     /// A fetch that answers what `script` holds and counts its calls.
     fn fetcher(
@@ -548,20 +560,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_store_slower_than_stale_wait_is_answered_from_the_stale_entry() {
-        let cache = Arc::new(Cache::new(
-            10,
-            Duration::from_secs(30),
-            Duration::from_secs(60),
-        ));
-        let script: Script = Arc::new(Mutex::new(Ok(rows("acme"))));
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (cache, script, calls) = primed(Duration::from_secs(30)).await;
         let z = Duration::ZERO;
-        for user in ["alice", "bob"] {
-            cache
-                .lookup("iam", user, || fetcher(&script, &calls, z))
-                .await
-                .unwrap();
-        }
         tokio::time::advance(Duration::from_secs(31)).await;
         // A store answering within STALE_WAIT is waited for: the change is seen.
         *lock(&script) = Ok(rows("globex"));
@@ -616,20 +616,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_entries_are_asked_again_and_serve_as_stale_while_the_store_is_down() {
-        let cache = Arc::new(Cache::new(
-            10,
-            Duration::from_secs(3600),
-            Duration::from_secs(60),
-        ));
-        let script: Script = Arc::new(Mutex::new(Ok(rows("acme"))));
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (cache, script, calls) = primed(Duration::from_secs(3600)).await;
         let z = Duration::ZERO;
-        for user in ["alice", "bob"] {
-            cache
-                .lookup("iam", user, || fetcher(&script, &calls, z))
-                .await
-                .unwrap();
-        }
         // The listen came back: both are asked again (ttl 1 h notwithstanding) …
         cache.expire_all();
         *lock(&script) = Ok(rows("globex"));

@@ -555,6 +555,51 @@ async fn a_query_slower_than_connect_timeout_is_cut_and_its_connection_replaced(
     .await;
 }
 
+/// Callers queued for the one connection while it is lent learn at once that the store went
+/// down with it, instead of waiting out `connect_timeout` for a connection that will not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_for_a_connection_learn_at_once_when_the_last_one_dies() {
+    let pg = cluster().await;
+    let mut config = pg_config(&pg.url());
+    config.pool_size = 1;
+    config.connect_timeout = Duration::from_secs(15);
+    config.query =
+        "SELECT tenant, role FROM logged_lookup($1, $2, CASE WHEN $2 = 'slow' THEN 60 ELSE 0 END)"
+            .to_owned();
+    let store = start(&settings(config));
+    store.ready().await;
+
+    let lookup = |user: &'static str| {
+        let m = Arc::clone(&store.m);
+        tokio::spawn(async move {
+            let t = Instant::now();
+            (m.lookup("iam", user).await.map(|_| ()), t.elapsed())
+        })
+    };
+    // The one connection is lent to a query that will not finish before the database stops.
+    let slow = lookup("slow");
+    eventually(WAIT, "the slow query running", || async {
+        let n = pg
+            .scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    let waiters: Vec<_> = ["w1", "w2", "w3"].into_iter().map(lookup).collect();
+    // Let them queue for the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    pg.stop();
+    let (r, _) = slow.await.unwrap();
+    assert!(r.is_err(), "the lookup on the dying connection failed");
+    for w in waiters {
+        let (r, took) = w.await.unwrap();
+        let err = r.unwrap_err();
+        assert!(err.reason.contains("not connected"), "{}", err.reason);
+        assert!(took < Duration::from_secs(10), "waited {took:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_schema_triggers_invalidate_on_insert_update_delete_and_truncate() {
     let pg = PgCluster::start().await;

@@ -442,6 +442,10 @@ async fn run_slot(
                             }
                         };
                         let left = shared.pool.up.fetch_sub(1, Ordering::Relaxed) - 1;
+                        // A lent connection that died returns no permit: wake one waiter so
+                        // that, if this was the last connection, it sees Down now instead of
+                        // waiting out its timeout (it passes the wake on, see `acquire`).
+                        shared.pool.permits.add_permits(1);
                         shared.note_error(ended.clone());
                         if left == 0 {
                             tracing::warn!(slot, "membership store: database unreachable: {ended}");
@@ -482,7 +486,8 @@ struct Conn {
     kill: Arc<Notify>,
 }
 
-/// The idle connections; `permits` counts them, so waiting for one is a fair queue.
+/// The idle connections; `permits` counts them (plus wake-ups, see [`Pool::acquire`]), so
+/// waiting for one is a fair queue.
 struct Pool {
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
@@ -517,10 +522,19 @@ impl Pool {
         self.permits.add_permits(1);
     }
 
+    /// A permit may be a wake-up with no connection behind it (a slot lost its connection, or
+    /// the idle one popped had died): the loop then looks again. Spare permits only cost a
+    /// turn of the loop; a missing one would leave a waiter asleep until its timeout.
     async fn acquire(&self, timeout: Duration) -> Result<Lease<'_>, Acquire> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut woken = false;
         loop {
             if self.up.load(Ordering::Relaxed) == 0 {
+                if woken {
+                    // Other callers may be waiting on the permits too: wake the next one, so
+                    // every waiter learns that the store is down, not just the first.
+                    self.permits.add_permits(1);
+                }
                 return Err(Acquire::Down);
             }
             let permit = tokio::time::timeout_at(deadline, self.permits.acquire())
@@ -528,6 +542,7 @@ impl Pool {
                 .map_err(|_| Acquire::Busy)?
                 .map_err(|_| Acquire::Down)?;
             permit.forget();
+            woken = true;
             let conn = self
                 .idle
                 .lock()

@@ -13,6 +13,14 @@ use citadel_authz::serve::server;
 use citadel_authz::serve::telemetry::{self, LogFormat};
 use citadel_authz::{Listeners, Options, dev};
 
+/// jemalloc instead of the system allocator: under glibc's malloc every burst of connections
+/// (slow clients, reconnect storms) left its freed buffers as resident memory, in steps that
+/// only `malloc_trim` gave back; jemalloc returns unused pages within seconds (dirty decay), so
+/// the resident size follows what is live. Measured in BENCHMARKS.md ("Soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "citadel-authz",

@@ -15,10 +15,10 @@
       citadel-authz's forward-auth endpoint: 401). Output: JSON {kind: {"status src": n}} plus the
       unexpected ones.
 
-  soak_attack.py slow --target LABEL=HOST:PORT[,proto] ... --conns N --duration S --out FILE
+  soak_attack.py slow --target LABEL=HOST:PORT[,proto[,pipelined]] ... --conns N --duration S --out FILE
       Per target, N connections that send nothing (idle), N that trickle a request (or the HTTP/2
-      preface, proto h2) one byte a second, and N/5 that send pipelined requests and never read an
-      answer (HTTP only). Records when the server closes each connection. Output: JSON per target
+      preface, proto h2) one byte a second, and N/5 that send `pipelined` requests (default 20,000)
+      and never read an answer (HTTP only). Records when the server closes each connection. Output: JSON per target
       and mode: opened, closed by the server, seconds to close (median, max), still open at the end.
 """
 import argparse
@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import sys
 import time
 
@@ -163,13 +164,24 @@ async def hostile(a):
                    "unexpected": unexpected}, f)
 
 
-async def slow_conn(host, port, mode, proto, duration, rec):
+async def slow_conn(host, port, mode, proto, duration, rec, pipelined=20000):
     """idle: connect, send nothing; trickle: one byte a second; noread: pipelined requests, never
-    a read (the server's answers pile up in its socket buffer: must stay bounded)."""
+    a read (the server's answers pile up in its buffers: must stay bounded).
+
+    A noread client has a 4 KiB receive buffer, as a slow reader on a real network would: with
+    loopback's default (128 KiB and more) the kernel kept accepting answers, so the server
+    answered thousands of the pipelined requests at full speed and the "slow" client was a
+    request flood (through Envoy each one is a check) rather than a reader that stalls."""
     t_open = time.monotonic()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        if mode == "noread":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
     except OSError as e:
+        sock.close()
         rec.append({"mode": mode, "connect_error": str(e)})
         return
     state = {"closed": None}
@@ -195,7 +207,7 @@ async def slow_conn(host, port, mode, proto, duration, rec):
         if mode == "trickle":
             sender = asyncio.ensure_future(trickle())
         elif mode == "noread":
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: soak.local\r\n\r\n" * 20000)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: soak.local\r\n\r\n" * pipelined)
         end = t_open + duration
         while state["closed"] is None and time.monotonic() < end:
             await asyncio.sleep(0.2)
@@ -214,14 +226,14 @@ async def slow(a):
     tasks = []
     for spec in a.target:
         label, addr = spec.split("=", 1)
-        proto = "http"
-        if "," in addr:
-            addr, proto = addr.split(",", 1)
+        addr, *opts = addr.split(",")
+        proto = opts[0] if opts else "http"
+        pipelined = int(opts[1]) if len(opts) > 1 else 20000
         host, port = addr.rsplit(":", 1)
         rec = out.setdefault(label, {"proto": proto, "conns": []})["conns"]
         modes = ["idle"] * a.conns + ["trickle"] * a.conns + (["noread"] * max(1, a.conns // 5) if proto == "http" else [])
         for m in modes:
-            tasks.append(slow_conn(host, int(port), m, proto, a.duration, rec))
+            tasks.append(slow_conn(host, int(port), m, proto, a.duration, rec, pipelined))
     await asyncio.gather(*tasks)
     summary = {}
     for label, d in out.items():

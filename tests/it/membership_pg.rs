@@ -528,17 +528,27 @@ async fn a_reestablished_listen_asks_again_for_every_entry() {
     .await;
 }
 
+/// A ready store with `pool_size` 1 whose lookup of the user `slow` takes `pause_secs`.
+async fn one_connection_with_a_slow_user(
+    pg: &PgCluster,
+    pause_secs: u32,
+    connect_timeout: Duration,
+) -> Store {
+    let mut config = pg_config(&pg.url());
+    config.pool_size = 1;
+    config.connect_timeout = connect_timeout;
+    config.query = format!(
+        "SELECT tenant, role FROM logged_lookup($1, $2, CASE WHEN $2 = 'slow' THEN {pause_secs} ELSE 0 END)"
+    );
+    let store = start(&settings(config));
+    store.ready().await;
+    store
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_slower_than_connect_timeout_is_cut_and_its_connection_replaced() {
     let pg = cluster().await;
-    let mut config = pg_config(&pg.url());
-    config.pool_size = 1;
-    config.connect_timeout = Duration::from_millis(500);
-    config.query =
-        "SELECT tenant, role FROM logged_lookup($1, $2, CASE WHEN $2 = 'slow' THEN 5 ELSE 0 END)"
-            .to_owned();
-    let store = start(&settings(config));
-    store.ready().await;
+    let store = one_connection_with_a_slow_user(&pg, 5, Duration::from_millis(500)).await;
     let t = Instant::now();
     let err = store.m.lookup("iam", "slow").await.unwrap_err();
     assert!(
@@ -560,14 +570,7 @@ async fn a_query_slower_than_connect_timeout_is_cut_and_its_connection_replaced(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_waiting_for_a_connection_learn_at_once_when_the_last_one_dies() {
     let pg = cluster().await;
-    let mut config = pg_config(&pg.url());
-    config.pool_size = 1;
-    config.connect_timeout = Duration::from_secs(15);
-    config.query =
-        "SELECT tenant, role FROM logged_lookup($1, $2, CASE WHEN $2 = 'slow' THEN 60 ELSE 0 END)"
-            .to_owned();
-    let store = start(&settings(config));
-    store.ready().await;
+    let store = one_connection_with_a_slow_user(&pg, 60, Duration::from_secs(15)).await;
 
     let lookup = |user: &'static str| {
         let m = Arc::clone(&store.m);

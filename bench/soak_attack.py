@@ -164,14 +164,18 @@ async def hostile(a):
                    "unexpected": unexpected}, f)
 
 
-async def slow_conn(host, port, mode, proto, duration, rec, pipelined=20000):
+# Requests a noread connection pipelines unless its target says otherwise.
+NOREAD_PIPELINED = 20000
+
+
+async def slow_conn(host, port, mode, proto, duration, rec, pipelined=NOREAD_PIPELINED):
     """idle: connect, send nothing; trickle: one byte a second; noread: pipelined requests, never
     a read (the server's answers pile up in its buffers: must stay bounded).
 
-    A noread client has a 4 KiB receive buffer, as a slow reader on a real network would: with
-    loopback's default (128 KiB and more) the kernel kept accepting answers, so the server
-    answered thousands of the pipelined requests at full speed and the "slow" client was a
-    request flood (through Envoy each one is a check) rather than a reader that stalls."""
+    A noread client has a 4 KiB receive buffer, as a slow reader on a real network would, so the
+    answers pile up on the server's side of the connection rather than in the client's kernel.
+    How many requests it sends is the target's `pipelined`: into Envoy every one is a check, and
+    20,000 there made the "slow" client a request flood (see do_slow in soak_faults.py)."""
     t_open = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -228,7 +232,7 @@ async def slow(a):
         label, addr = spec.split("=", 1)
         addr, *opts = addr.split(",")
         proto = opts[0] if opts else "http"
-        pipelined = int(opts[1]) if len(opts) > 1 else 20000
+        pipelined = int(opts[1]) if len(opts) > 1 else NOREAD_PIPELINED
         host, port = addr.rsplit(":", 1)
         rec = out.setdefault(label, {"proto": proto, "conns": []})["conns"]
         modes = ["idle"] * a.conns + ["trickle"] * a.conns + (["noread"] * max(1, a.conns // 5) if proto == "http" else [])

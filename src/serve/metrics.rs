@@ -22,7 +22,9 @@ struct DecisionLabels {
     protocol: &'static str,
     outcome: &'static str,
     reason: &'static str,
-    rule: String,
+    /// The rule's own shared name: a check clones the `Arc`, it does not format a label string.
+    /// `None` (no rule matched) is exported as `rule=""`.
+    rule: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -213,11 +215,11 @@ impl Metrics {
 
     pub fn record_decision(&self, protocol: Protocol, decision: &Decision, latency: Duration) {
         let (outcome, reason, rule) = match decision {
-            Decision::Allow { rule, .. } => ("allow", "allow", rule.to_string()),
+            Decision::Allow { rule, .. } => ("allow", "allow", Some(Arc::clone(rule))),
             Decision::Deny { rule, denial } => (
                 denial.outcome().error_code(),
                 denial.reason_code(),
-                rule.as_deref().unwrap_or("").to_owned(),
+                rule.clone(),
             ),
         };
         self.decisions

@@ -129,6 +129,10 @@ expect_status() {
 }
 
 cpu_ticks() { awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
+# steal_ticks: CPU 1's steal time so far (/proc/stat, field 8 of the cpu1 line): time the
+# hypervisor gave CPU 1 to another guest. Recorded per repetition, so that a figure measured while
+# a neighbour took the host's CPU can be told from a change in the code.
+steal_ticks() { awk '$1 == "cpu1" { print $9 }' /proc/stat; }
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -249,25 +253,36 @@ start_citadel() { # NAME: citadel-authz with work/citadel-NAME.yaml (the previou
 start_citadel 10
 
 # --- Envoy scenarios (wrk on CPU 0; Envoy and the authz server on CPU 1) -----------------------
-wrk_run() { # SCENARIO TOKEN_FILE
-  local scenario=$1 file=$2 rep
+# wrk_run SCENARIO TOKEN_FILE ENVOY_PID AUTHZ_PID [REPS [REP_LABEL]]: REP_LABEL numbers a single
+# repetition. Envoy's and the authorization server's CPU time are recorded per repetition: they
+# share CPU 1, so a difference in throughput is split into what each process spent per request.
+wrk_run() {
+  local scenario=$1 file=$2 envoy_pid=$3 authz_pid=$4 rep s0 e0 a0
   taskset -c 0 wrk -t1 -c$WRK_CONNS -d${WARM}s -s "$bench/rotate.lua" \
     "http://127.0.0.1:$ENVOY_PORT$URL_PATH" -- "$file" >/dev/null
-  for rep in $(seq "$REPS"); do
+  for rep in $(seq "${5:-$REPS}"); do
+    s0=$(steal_ticks); e0=$(cpu_ticks "$envoy_pid"); a0=0
+    [ -z "$authz_pid" ] || a0=$(cpu_ticks "$authz_pid")
     taskset -c 0 wrk -t1 -c$WRK_CONNS -d${DUR}s --latency -s "$bench/rotate.lua" \
       "http://127.0.0.1:$ENVOY_PORT$URL_PATH" -- "$file" > "$work/wrk.out"
-    python3 "$bench/tool.py" wrk "$work/wrk.out" "$scenario" "$rep" | tee -a "$raw" >&2
+    python3 "$bench/tool.py" wrk "$work/wrk.out" "$scenario" "${6:-$rep}" "$(($(steal_ticks) - s0))" "$CLK_TCK" \
+      "$(($(cpu_ticks "$envoy_pid") - e0))" \
+      "$([ -z "$authz_pid" ] || echo $(($(cpu_ticks "$authz_pid") - a0)))" | tee -a "$raw" >&2
   done
 }
 
-envoy_scenario() { # SCENARIO CONFIG TOKEN_FILE
+envoy_scenario() { # SCENARIO CONFIG TOKEN_FILE [REPS [REP_LABEL]]
   local scenario=$1 cfg=$2 file=$3
   say "envoy $scenario"
   start "envoy-$scenario" "$envoy" -c "$work/$cfg" --concurrency 1 --disable-hot-restart -l error
-  local envoy_pid=$started
+  local envoy_pid=$started authz_pid=""
+  case $cfg in
+    envoy-c.yaml) authz_pid=$noop_pid ;;
+    envoy-d.yaml) authz_pid=$citadel_pid ;;
+  esac
   wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
   expect_status 200 "$file"
-  wrk_run "$scenario" "$file"
+  wrk_run "$scenario" "$file" "$envoy_pid" "$authz_pid" "${4:-$REPS}" "${5:-}"
   stop "$envoy_pid"
 }
 
@@ -284,14 +299,34 @@ fi
 
 # --- gRPC server alone: loadgen on CPU 0 → noop_authz / citadel-authz on CPU 1 -----------------
 lg_run() { # SCENARIO PID PORT LOADGEN_ARGS...
-  local scenario=$1 pid=$2 port=$3 rep t0 t1; shift 3
+  local scenario=$1 pid=$2 port=$3 rep; shift 3
   taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$port" --duration "$WARM" "$@" >/dev/null
   for rep in $(seq "$REPS"); do
-    t0=$(cpu_ticks "$pid")
-    taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$port" --duration "$DUR" "$@" > "$work/lg.out"
-    t1=$(cpu_ticks "$pid")
-    python3 "$bench/tool.py" loadgen "$work/lg.out" "$scenario" "$rep" "$t0" "$t1" "$CLK_TCK" \
-      | tee -a "$raw" >&2
+    lg_rep "$scenario" "$rep" "$pid" "$port" "$@"
+  done
+}
+
+lg_rep() { # SCENARIO REP PID PORT LOADGEN_ARGS...: one measured repetition
+  local scenario=$1 rep=$2 pid=$3 port=$4 t0 t1 s0; shift 4
+  t0=$(cpu_ticks "$pid"); s0=$(steal_ticks)
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$port" --duration "$DUR" "$@" > "$work/lg.out"
+  t1=$(cpu_ticks "$pid")
+  python3 "$bench/tool.py" loadgen "$work/lg.out" "$scenario" "$rep" "$t0" "$t1" "$CLK_TCK" \
+    "$(($(steal_ticks) - s0))" | tee -a "$raw" >&2
+}
+
+# lg_alternate A_SCENARIO A_PID A_PORT B_SCENARIO B_PID B_PORT LOADGEN_ARGS...: A and B with the
+# same load, their repetitions interleaved (A1 B1 A2 B2 …). A latency figure is compared with its
+# baseline: measured back to back, a minute of a noisy neighbour lands on both or on one
+# repetition of each, not on all of one scenario (the 2026-12-03 run's open-loop p99 was 9 ms for
+# citadel-authz in one contiguous 40 s window, with noop's 30 s before it at 0.5–0.9 ms).
+lg_alternate() {
+  local a=$1 apid=$2 aport=$3 b=$4 bpid=$5 bport=$6 rep; shift 6
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$aport" --duration "$WARM" "$@" >/dev/null
+  taskset -c 0 "$bin/examples/loadgen" --target "127.0.0.1:$bport" --duration "$WARM" "$@" >/dev/null
+  for rep in $(seq "$REPS"); do
+    lg_rep "$a" "$rep" "$apid" "$aport" "$@"
+    lg_rep "$b" "$rep" "$bpid" "$bport" "$@"
   done
 }
 
@@ -304,10 +339,10 @@ for alg in "${ALGS[@]}"; do
   lg_run "srv_citadel_N_${alg}_closed" "$citadel_pid" "$GRPC_PORT" "${closed[@]}" --tokens "$(tokens "$alg" "$NTOK")"
 done
 say "gRPC server alone: open loop (1,000 and 5,000 checks/s)"
-lg_run srv_noop_open1k "$noop_pid" "$NOOP_PORT" --rate 1000 --tokens "$(tokens ES256 1)"
-lg_run srv_citadel_open1k "$citadel_pid" "$GRPC_PORT" --rate 1000 --tokens "$(tokens ES256 1)"
-lg_run srv_noop_open5k "$noop_pid" "$NOOP_PORT" --rate 5000 --tokens "$(tokens ES256 1)"
-lg_run srv_citadel_open5k "$citadel_pid" "$GRPC_PORT" --rate 5000 --tokens "$(tokens ES256 1)"
+lg_alternate srv_noop_open1k "$noop_pid" "$NOOP_PORT" srv_citadel_open1k "$citadel_pid" "$GRPC_PORT" \
+  --rate 1000 --tokens "$(tokens ES256 1)"
+lg_alternate srv_noop_open5k "$noop_pid" "$NOOP_PORT" srv_citadel_open5k "$citadel_pid" "$GRPC_PORT" \
+  --rate 5000 --tokens "$(tokens ES256 1)"
 
 say "membership store (file) on: the same one-token closed loop"
 stop "$citadel_pid"
@@ -408,8 +443,13 @@ if want intro; then
   # #13: what a user of both features runs — Envoy → citadel-authz with the membership file and a
   # cached opaque token — against Envoy → noop_authz (env_c) in the same run.
   if want envoy; then
+    # Interleaved with its own Envoy → noop_authz baseline (env_c_f: c1 f1 c2 f2 …), not compared
+    # with env_c of ~15 minutes earlier: a 5 % target needs a baseline measured beside it.
     start_citadel intro-members
-    envoy_scenario env_f_opaque_members envoy-d.yaml "$work/fixtures/tokens-opaque-1.txt"
+    for rep in $(seq "$REPS"); do
+      envoy_scenario env_c_f envoy-c.yaml - 1 "$rep"
+      envoy_scenario env_f_opaque_members envoy-d.yaml "$work/fixtures/tokens-opaque-1.txt" 1 "$rep"
+    done
     stop "$citadel_pid"
   fi
   stop "$intro_pid"

@@ -126,9 +126,25 @@ def to_us(v):
     return x * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
 
 
-def parse_wrk(path, scenario, rep):
+def steal_pct(steal_ticks, tck, seconds):
+    """CPU 1's steal time (another guest on the host's CPU) as a share of the repetition."""
+    if steal_ticks is None or not seconds:
+        return None
+    return round(int(steal_ticks) / int(tck) / seconds * 100, 2)
+
+
+def parse_wrk(path, scenario, rep, steal_ticks=None, tck=100, envoy_ticks="", authz_ticks=""):
+    """wrk's figures, CPU 1's steal time, and Envoy's and the authorization server's CPU time
+    per request (both on CPU 1; absent when not measured)."""
     text = open(path).read()
     res = {"scenario": scenario, "rep": int(rep), "tool": "wrk"}
+    m = re.search(r"requests in ([\d.]+)s", text)
+    res["steal_pct"] = steal_pct(steal_ticks, tck, float(m.group(1)) if m else None)
+    m = re.search(r"(\d+) requests in", text)
+    n = max(int(m.group(1)), 1) if m else 1
+    for key, ticks in (("envoy_cpu_us_per_req", envoy_ticks), ("authz_cpu_us_per_req", authz_ticks)):
+        if ticks:
+            res[key] = int(ticks) / int(tck) * 1e6 / n
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     res["rps"] = float(m.group(1)) if m else 0.0
     m = re.search(r"(\d+) requests in", text)
@@ -143,13 +159,15 @@ def parse_wrk(path, scenario, rep):
     print(json.dumps(res))
 
 
-def parse_loadgen(path, scenario, rep, t0, t1, tck):
-    """One loadgen JSON line plus the server's CPU time (utime+stime ticks) over the run."""
+def parse_loadgen(path, scenario, rep, t0, t1, tck, steal_ticks=None):
+    """One loadgen JSON line plus the server's CPU time (utime+stime ticks) over the run, and
+    CPU 1's steal time over it."""
     with open(path) as f:
         r = json.loads(f.read().strip().splitlines()[-1])
     cpu_s = (int(t1) - int(t0)) / int(tck)
     r.update(scenario=scenario, rep=int(rep), tool="loadgen", server_cpu_s=cpu_s,
-             cpu_us_per_check=cpu_s * 1e6 / max(r["requests"], 1))
+             cpu_us_per_check=cpu_s * 1e6 / max(r["requests"], 1),
+             steal_pct=steal_pct(steal_ticks, tck, r.get("elapsed_s")))
     print(json.dumps(r))
 
 
@@ -288,14 +306,28 @@ def report(results, cdir, out, mode):
                      verdict(ratio(e, c), t) if t else ""))
         rows.append((f"(e) {alg} vs Envoy's own JWT (cache off)", fmt(e, " req/s"), fmt(boff, " (b off)"),
                      fmt(ratio(e, boff), "×", 2), "≥ 1.00", verdict(ratio(e, boff), 1.0)))
+        ed, ad = (med(by, f"env_d_{alg}", k) for k in ("envoy_cpu_us_per_req", "authz_cpu_us_per_req"))
+        ec, ac = (med(by, "env_c", k) for k in ("envoy_cpu_us_per_req", "authz_cpu_us_per_req"))
+        if None not in (ed, ad, ec, ac):
+            rows.append((f"(d) {alg} CPU per request: Envoy + authz server", f"{ed:.1f} + {ad:.1f} µs",
+                         f"{ec:.1f} + {ac:.1f} µs (c)", fmt(ratio(ed + ad, ec + ac), "×", 2), "—", ""))
         p99d = med(by, f"env_d_{alg}", "p99_us")
         p99c = med(by, "env_c", "p99_us")
         rows.append((f"(d) {alg} wrk p99 (closed loop)", fmt(p99d, " µs"), fmt(p99c, " µs (c)"),
                      fmt(ratio(p99d, p99c), "×", 2), "—", ""))
 
     f = med(by, "env_f_opaque_members", "rps")
+    # Its own baseline, measured interleaved with it (c f c f …); env_c in runs before that.
+    cf = med(by, "env_c_f", "rps")
+    cf, cf_name = (cf, "(c) beside it") if cf is not None else (c, "(c)")
     rows.append(("(f) Envoy → citadel-authz, membership file + one cached opaque token", fmt(f, " req/s"),
-                 fmt(c, " (c)"), fmt(ratio(f, c), "×", 2), "≥ 0.95", verdict(ratio(f, c), 0.95)))
+                 fmt(cf, f" {cf_name}"), fmt(ratio(f, cf), "×", 2), "≥ 0.95", verdict(ratio(f, cf), 0.95)))
+    # Where the difference goes: Envoy and the authorization server share CPU 1.
+    for who, key in (("Envoy", "envoy_cpu_us_per_req"), ("the authz server", "authz_cpu_us_per_req")):
+        fv = med(by, "env_f_opaque_members", key)
+        cv = med(by, "env_c_f" if cf_name != "(c)" else "env_c", key)
+        rows.append((f"(f) CPU per request of {who} (vs the same in (c))", fmt(fv, " µs", 2),
+                     fmt(cv, " µs (c)", 2), fmt(ratio(fv, cv), "×", 2), "—", ""))
 
     n_rps = med(by, "srv_noop_closed", "rps")
     n_cpu = med(by, "srv_noop_closed", "cpu_us_per_check")
@@ -448,6 +480,13 @@ def report(results, cdir, out, mode):
     ]
     for r in rows:
         lines.append("| " + " | ".join(r) + " |")
+    steal = sorted((r["steal_pct"], s, r["rep"]) for s, rs in by.items() for r in rs
+                   if r.get("steal_pct") is not None)
+    if steal:
+        mid = steal[len(steal) // 2][0]
+        top = steal[-1]
+        lines += ["", f"CPU 1 steal time (the hypervisor running another guest) over the {len(steal)} measured "
+                  f"repetitions: median {mid:.1f} %, max {top[0]:.1f} % ({top[1]} repetition {top[2]})."]
     if bad:
         lines += ["", "**Warning**: non-OK answers (non-2xx, denials or errors) in: " + ", ".join(sorted(set(bad)))]
     text = "\n".join(lines) + "\n"
@@ -461,9 +500,9 @@ def main():
     if cmd == "gen":
         gen(sys.argv[2])
     elif cmd == "wrk":
-        parse_wrk(*sys.argv[2:5])
+        parse_wrk(*sys.argv[2:9])
     elif cmd == "loadgen":
-        parse_loadgen(*sys.argv[2:8])
+        parse_loadgen(*sys.argv[2:9])
     elif cmd == "rss":
         parse_rss(*sys.argv[2:6])
     elif cmd == "opaque":

@@ -646,12 +646,10 @@ pub fn bearer(header: AuthHeader<'_>) -> Result<&str, Denial> {
         return malformed("the scheme must be followed by a space");
     };
     let token = token.trim_start_matches(' ');
-    // A whole-token scan on every check: without short-circuit so that it vectorises (a
-    // `contains` over a char set walked it byte by byte, 2 % of a cached check's CPU).
-    if token
-        .bytes()
-        .fold(false, |found, b| found | (b == b' ') | (b == b'\t'))
-    {
+    // A whole-token scan on every check: memchr2 compares 16 or 32 bytes at a time. Neither
+    // `contains` over a char set nor a non-short-circuiting fold was vectorised by the compiler
+    // (perf annotate: one byte per iteration, 2 % of a cached check's CPU).
+    if memchr::memchr2(b' ', b'\t', token.as_bytes()).is_some() {
         return malformed("more than one token");
     }
     Ok(token)

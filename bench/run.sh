@@ -38,6 +38,7 @@ LG_CONC=64            # loadgen closed-loop streams
 LG_CONNS=2            # ... over this many HTTP/2 connections
 export ISSUER=https://iam.bench.local AUDIENCE=https://api.bench.local
 export ENVOY_PORT=28000 ENVOY_ADMIN_PORT=28001 JWKS_PORT=28080 GRPC_PORT=28191 HTTP_PORT=28192 NOOP_PORT=28393
+export NOOP_ID_PORT=28394
 export INTRO_PORT=28094 PG_PORT=28432 PG_POOL=4
 export STORM=10000    # #10: new users at once in the PostgreSQL storm (always 10k, also --quick)
 BURST=1000 BURST_TOKENS=10   # #11: concurrent checks of this many new opaque tokens
@@ -45,7 +46,7 @@ export JWT_CACHE_SIZE=$((NTOK * 2)) NTOK
 ALGS=(ES256 RS256 EdDSA)
 URL_PATH=/api/orders/42
 
-# BENCH_SKIP="micro envoy server pg intro" skips those stages (for working on the suite itself).
+# BENCH_SKIP="micro envoy answer server pg intro" skips those stages (for working on the suite itself).
 want() { [[ " ${BENCH_SKIP:-} " != *" $1 "* ]]; }
 say() { printf '\n[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -244,6 +245,9 @@ fi
 start jwks python3 -m http.server --bind 127.0.0.1 --directory "$work/fixtures" "$JWKS_PORT"
 wait_http "http://127.0.0.1:$JWKS_PORT/jwks.json"
 start noop "$bin/examples/noop_authz" "127.0.0.1:$NOOP_PORT"; noop_pid=$started
+# NOOP_ID_ARGS="--spin-us N": noop --identity also burns N µs of CPU per check (for experiments).
+# shellcheck disable=SC2086
+start noop-id "$bin/examples/noop_authz" "127.0.0.1:$NOOP_ID_PORT" --identity ${NOOP_ID_ARGS:-}; noop_id_pid=$started
 start_citadel() { # NAME: citadel-authz with work/citadel-NAME.yaml (the previous one stopped)
   [ -z "${citadel_pid:-}" ] || stop "$citadel_pid"
   start "citadel-$1" env RUST_LOG=warn "$bin/citadel-authz" serve --config "$work/citadel-$1.yaml"
@@ -278,6 +282,7 @@ envoy_scenario() { # SCENARIO CONFIG TOKEN_FILE [REPS [REP_LABEL]]
   local envoy_pid=$started authz_pid=""
   case $cfg in
     envoy-c.yaml) authz_pid=$noop_pid ;;
+    envoy-c-id.yaml) authz_pid=$noop_id_pid ;;
     envoy-d.yaml) authz_pid=$citadel_pid ;;
   esac
   wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
@@ -294,6 +299,19 @@ if want envoy; then
     envoy_scenario "env_b_on_$alg" envoy-b-on.yaml "$(tokens "$alg" "$NTOK")"
     envoy_scenario "env_d_$alg" envoy-d.yaml "$(tokens "$alg" 1)"
     envoy_scenario "env_e_$alg" envoy-d.yaml "$(tokens "$alg" "$NTOK")"
+  done
+fi
+
+# --- (c'): what applying citadel-authz's answer costs Envoy -----------------------------------
+# Envoy → noop, Envoy → noop_authz --identity (the answer citadel-authz gives, built once: three
+# identity headers, five dynamic-metadata fields), Envoy → citadel-authz (ES256, one token), taking
+# turns per repetition. (c) → (c') is Envoy's own extra work for the answer; (c') → (d) is what
+# citadel-authz's decision costs on the shared CPU.
+if want answer; then
+  for rep in $(seq "$REPS"); do
+    envoy_scenario env_c_i envoy-c.yaml - 1 "$rep"
+    envoy_scenario env_cid_i envoy-c-id.yaml - 1 "$rep"
+    envoy_scenario env_d_i envoy-d.yaml "$(tokens ES256 1)" 1 "$rep"
   done
 fi
 

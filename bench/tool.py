@@ -73,6 +73,8 @@ def gen(work):
                                                      "JWT_CACHE": "jwt_cache_config: { jwt_cache_size: "
                                                      + env("JWT_CACHE_SIZE") + " }"}),
         "envoy-c.yaml": fill("envoy-ext-authz.yaml", {**common, "AUTHZ_PORT": env("NOOP_PORT")}),
+        # (c') noop_authz --identity: citadel-authz's answer without its decision work.
+        "envoy-c-id.yaml": fill("envoy-ext-authz.yaml", {**common, "AUTHZ_PORT": env("NOOP_ID_PORT")}),
         "envoy-d.yaml": fill("envoy-ext-authz.yaml", {**common, "AUTHZ_PORT": env("GRPC_PORT")}),
         "policy-10.yaml": policy(10),
         "policy-1000.yaml": policy(1000),
@@ -315,6 +317,20 @@ def report(results, cdir, out, mode):
         p99c = med(by, "env_c", "p99_us")
         rows.append((f"(d) {alg} wrk p99 (closed loop)", fmt(p99d, " µs"), fmt(p99c, " µs (c)"),
                      fmt(ratio(p99d, p99c), "×", 2), "—", ""))
+
+    # (c'): the same three-way comparison, interleaved — Envoy → noop, Envoy → noop that answers
+    # like citadel-authz (identity headers + dynamic metadata), Envoy → citadel-authz.
+    ci, cid, di = (med(by, k, "rps") for k in ("env_c_i", "env_cid_i", "env_d_i"))
+    if None not in (ci, cid, di):
+        rows.append(("(c′) Envoy → noop_authz --identity (citadel-authz's answer, no decision)",
+                     fmt(cid, " req/s"), fmt(ci, " (c) beside it"), fmt(ratio(cid, ci), "×", 2), "—", ""))
+        rows.append(("(d) ES256 one token vs (c′): what citadel-authz's decision costs",
+                     fmt(di, " req/s"), fmt(cid, " (c′) beside it"), fmt(ratio(di, cid), "×", 2), "—", ""))
+        for label, k in (("(c)", "env_c_i"), ("(c′)", "env_cid_i"), ("(d) ES256", "env_d_i")):
+            e, a = (med(by, k, x) for x in ("envoy_cpu_us_per_req", "authz_cpu_us_per_req"))
+            if None not in (e, a):
+                rows.append((f"{label} beside each other: CPU per request, Envoy + authz server",
+                             f"{e:.1f} + {a:.1f} µs", "—", "—", "—", ""))
 
     f = med(by, "env_f_opaque_members", "rps")
     # Its own baseline, measured interleaved with it (c f c f …); env_c in runs before that.

@@ -24,7 +24,7 @@ use crate::core::keys::KeySet;
 use crate::core::policy::canonicalize;
 use crate::core::signer::SigningKey;
 use crate::core::tenancy::ANY_TENANT;
-use crate::core::token::Unverified;
+use crate::core::token::{Unverified, typed_header_agrees};
 use crate::serve::authorizer::{AuthHeader, bearer};
 use crate::sources::introspection::{Answer, judge};
 
@@ -172,9 +172,17 @@ pub fn authorization(data: &[u8]) {
 }
 
 /// A compact JWS from outside: parsed within its size bound, without panicking, and never
-/// verified by the fixture key (which signed nothing the fuzzer sees).
+/// verified by the fixture key (which signed nothing the fuzzer sees); its header is read the
+/// same by the typed reader as by a strict JSON map, whether it comes as the token's first part
+/// or as the input itself (so that the fuzzer explores JSON, not only base64url).
 pub fn jws(data: &[u8]) {
+    use base64::Engine;
+    let as_header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
+    typed_header_agrees(&as_header).unwrap_or_else(|e| panic!("{data:?} as a header: {e}"));
     let Some(token) = text(data) else { return };
+    if let Some(header) = token.split('.').next() {
+        typed_header_agrees(header).unwrap_or_else(|e| panic!("{token:?}: {e}"));
+    }
     let config = fixture();
     let Ok(unverified) = Unverified::parse(token, config.max_token_bytes) else {
         return;

@@ -177,11 +177,11 @@ pub fn authorization(data: &[u8]) {
 /// or as the input itself (so that the fuzzer explores JSON, not only base64url).
 pub fn jws(data: &[u8]) {
     use base64::Engine;
-    let as_header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
-    typed_header_agrees(&as_header).unwrap_or_else(|e| panic!("{data:?} as a header: {e}"));
+    typed_header_agrees(data).unwrap_or_else(|e| panic!("{data:?} as a header: {e}"));
     let Some(token) = text(data) else { return };
-    if let Some(header) = token.split('.').next() {
-        typed_header_agrees(header).unwrap_or_else(|e| panic!("{token:?}: {e}"));
+    let first_part = token.split_once('.').map_or(token, |(h, _)| h);
+    if let Ok(header) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(first_part) {
+        typed_header_agrees(&header).unwrap_or_else(|e| panic!("{token:?}: {e}"));
     }
     let config = fixture();
     let Ok(unverified) = Unverified::parse(token, config.max_token_bytes) else {
